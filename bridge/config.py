@@ -1,0 +1,164 @@
+"""One frozen settings object, and the only reader of the environment.
+
+Every setting has an environment variable (``BRIDGE_<NAME>``) and a command-line
+flag that overrides it. Secrets are ``SecretStr`` so that no repr or log line
+shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.errors import ConfigError
+
+#: A secret any developer could read in this file: accepted only when asked for by name.
+DEV_SECRET = "insecure-development-secret-do-not-use-in-production"  # noqa: S105 (public by design)
+
+_TOPIC_LEVEL = re.compile(r"[A-Za-z0-9._:-]+(/[A-Za-z0-9._:-]+)*")
+
+
+def default_state_dir() -> Path:
+    """Where the embedded database and broker keep their files."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "provisioning-bridge"
+
+
+class Settings(BaseSettings):
+    """Everything the bridge can be told. Field docs become the README's reference."""
+
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", frozen=True, extra="forbid")
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://user:pass@host:port/db). "
+        "Unset: an embedded PostgreSQL under the state directory.",
+    )
+    mqtt_url: SecretStr | None = Field(
+        default=None,
+        description="Broker URL (mqtt://user:pass@host:port, mqtts:// for TLS). "
+        "Unset: `serve` starts mosquitto from PATH on 127.0.0.1:1883; clients use that.",
+    )
+    topic_prefix: str = Field(default="provision", description="First topic level(s).")
+    secret: SecretStr | None = Field(
+        default=None,
+        description="Server secret for keyed hashing of keys and encrypting replay data. "
+        "Required by `serve` unless --dev.",
+    )
+    dev: bool = Field(
+        default=False,
+        description="Allow the well-known development secret when BRIDGE_SECRET is unset.",
+    )
+    share_group: str | None = Field(
+        default=None,
+        description="Subscribe as $share/<group>/... so several bridges share the load.",
+    )
+    client_id: str | None = Field(
+        default=None,
+        description="The bridge's own MQTT client id; keep it stable across restarts "
+        "(persistent session). Default: bridge-<hostname>.",
+    )
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Files of the embedded database and broker.",
+    )
+    grace_seconds: int = Field(
+        default=600, ge=1, description="How long a reply is kept for an identical retry."
+    )
+    max_in_flight: int = Field(
+        default=64, ge=1, le=10_000, description="Requests processed at once by one bridge."
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=500, description="Database connections.")
+    reply_expiry_seconds: int = Field(
+        default=600, ge=1, description="MQTT 5 Message Expiry of replies."
+    )
+    retry_after_seconds: int = Field(
+        default=5, ge=1, description="retry_after sent with `unavailable`."
+    )
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_plain(cls, value: str) -> str:
+        if not _TOPIC_LEVEL.fullmatch(value):
+            raise ValueError("must be topic levels of [A-Za-z0-9._:-] separated by '/'")
+        return value
+
+    @field_validator("share_group")
+    @classmethod
+    def _group_is_plain(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", value):
+            raise ValueError("must be 1..64 characters of [A-Za-z0-9._:-]")
+        return value or None
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.client_id or f"bridge-{socket.gethostname()}"[:128]
+
+    def server_secret(self) -> bytes:
+        """The secret for keyed hashing; refuses to invent one unless --dev."""
+        if self.secret is not None and self.secret.get_secret_value():
+            return self.secret.get_secret_value().encode()
+        if self.dev:
+            return DEV_SECRET.encode()
+        raise ConfigError(
+            "BRIDGE_SECRET is not set; set it to a long random string "
+            "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`), "
+            "or pass --dev to use the insecure development secret."
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment, apply command-line overrides, validate once."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"setting {where!r} is invalid: {first['msg']}") from exc
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    """A parsed broker URL. ``repr`` hides the password."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+    def __repr__(self) -> str:
+        who = f"{self.username}:***@" if self.username else ""
+        return f"MqttEndpoint({'mqtts' if self.tls else 'mqtt'}://{who}{self.host}:{self.port})"
+
+
+EMBEDDED_MQTT_URL = "mqtt://127.0.0.1:1883"
+
+
+def parse_mqtt_url(url: str) -> MqttEndpoint:
+    """Split mqtt://user:pass@host:port (mqtts:// for TLS) into its parts."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError("the MQTT URL must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ConfigError("the MQTT URL has no host name")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError as exc:
+        raise ConfigError("the MQTT URL has an invalid port") from exc
+    return MqttEndpoint(
+        host=parts.hostname,
+        port=port,
+        tls=parts.scheme == "mqtts",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )

@@ -1,0 +1,140 @@
+"""The bridge's one exception tree.
+
+Every failure the bridge reports to a person or a device is a ``BridgeError``
+carrying a protocol ``code`` and one clear sentence (``message``). Foreign
+exceptions (asyncpg, aiomqtt, OS errors) are translated into this tree once, at
+the boundary that meets them, with ``raise ... from exc``::
+
+    BridgeError                     code, message
+    ├── RequestError                a refusal; answered to the requester
+    │   ├── Malformed               "malformed"
+    │   ├── InvalidIdentifier       "invalid_identifier" (kind, presented, reason)
+    │   ├── UnknownModel            "unknown_model"
+    │   ├── NotApproved             "not_approved"
+    │   ├── NotClaimed              "not_claimed"
+    │   ├── WindowExpired           "window_expired"
+    │   ├── AlreadyActivated        "already_activated"
+    │   ├── Revoked                 "revoked"
+    │   ├── ClaimedByOther          "claimed_by_other" (owner side only)
+    │   ├── NotOwner                "not_owner" (owner side only)
+    │   ├── Conflict                "conflict" (e.g. a model that already exists)
+    │   └── RateLimited             "rate_limited" (retry_after)
+    ├── Unavailable                 "unavailable" (retry_after): the database is down
+    └── ConfigError                 "config": the bridge cannot start as configured
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Root of every error the bridge raises on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RequestError(BridgeError):
+    """A request was refused; the requester gets ``code`` and ``message``."""
+
+
+class Malformed(RequestError):
+    code = "malformed"
+
+
+class InvalidIdentifier(RequestError):
+    """An identifier cannot be a number of the model's kind."""
+
+    code = "invalid_identifier"
+
+    def __init__(self, kind: str, presented: str, reason: str) -> None:
+        # identifiers imports this module, so its name table is looked up late.
+        from bridge.identifiers import kind_name  # noqa: PLC0415
+
+        self.kind = kind
+        self.presented = presented
+        self.reason = reason
+        super().__init__(f"The {kind_name(kind)} {presented!r} is not valid: {reason}.")
+
+
+class UnknownModel(RequestError):
+    code = "unknown_model"
+
+
+class NotApproved(RequestError):
+    code = "not_approved"
+
+
+class NotClaimed(RequestError):
+    code = "not_claimed"
+
+
+class WindowExpired(RequestError):
+    code = "window_expired"
+
+
+class AlreadyActivated(RequestError):
+    code = "already_activated"
+
+
+class Revoked(RequestError):
+    code = "revoked"
+
+
+class ClaimedByOther(RequestError):
+    code = "claimed_by_other"
+
+
+class NotOwner(RequestError):
+    code = "not_owner"
+
+
+class Conflict(RequestError):
+    code = "conflict"
+
+
+class RateLimited(RequestError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(BridgeError):
+    """Infrastructure is down; the requester should retry after ``retry_after`` s."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConfigError(BridgeError):
+    """The bridge cannot start or run a command as configured."""
+
+    code = "config"
+
+
+#: Error classes by protocol code, for rebuilding an error from a stored outcome.
+BY_CODE: dict[str, type[RequestError]] = {
+    cls.code: cls
+    for cls in (
+        Malformed,
+        UnknownModel,
+        NotApproved,
+        NotClaimed,
+        WindowExpired,
+        AlreadyActivated,
+        Revoked,
+        ClaimedByOther,
+        NotOwner,
+        Conflict,
+    )
+}

@@ -1,0 +1,130 @@
+"""Device keys: generation, keyed hashing, sealed delivery, replay encryption. Pure, sync.
+
+- A device key is 160 bits from the OS CSPRNG, as 40 lowercase hex characters.
+- The database keeps only HMAC-SHA256(key) under a key derived from the server
+  secret, with a short id of that secret so that a rotated secret can still
+  verify keys hashed under the old one.
+- Sealed delivery follows protocol v1: X25519 + HKDF-SHA256 + ChaCha20-Poly1305,
+  with the request id as associated data.
+- Replies kept for idempotent retry are encrypted under a second key derived
+  from the server secret, so a database dump holds no usable key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+SEAL_ALG = "x25519-hkdf-sha256-chacha20poly1305"
+SEAL_INFO = b"provisioning-bridge/v1 key"
+KEY_BYTES = 20  # 160 bits: the classic 40-hex-character CIK shape.
+
+
+def generate_key(nbytes: int = KEY_BYTES) -> str:
+    """A fresh device key as lowercase hex."""
+    return secrets.token_hex(nbytes)
+
+
+def _derive(secret: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret)
+
+
+class KeyHasher:
+    """Keyed hash of device keys under the server secret."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._mac_key = _derive(secret, b"provisioning-bridge/v1 key-hash")
+        # The id names the secret without revealing it: a hash of a derived key.
+        self.key_id = hashlib.sha256(_derive(secret, b"provisioning-bridge/v1 key-id")).hexdigest()[
+            :16
+        ]
+
+    def __repr__(self) -> str:
+        return f"KeyHasher(key_id={self.key_id!r})"
+
+    def hash(self, key_hex: str) -> bytes:
+        return hmac.new(self._mac_key, key_hex.encode("ascii"), hashlib.sha256).digest()
+
+    def verify(self, key_hex: str, stored: bytes) -> bool:
+        """Constant-time comparison of a presented key with a stored hash."""
+        return hmac.compare_digest(self.hash(key_hex), stored)
+
+
+class ReplayCipher:
+    """Encrypts replies kept for idempotent retry; the associated data binds a row."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._aead = ChaCha20Poly1305(_derive(secret, b"provisioning-bridge/v1 replay"))
+
+    def __repr__(self) -> str:
+        return "ReplayCipher(<secret>)"
+
+    def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, blob: bytes, aad: bytes) -> bytes | None:
+        """The plaintext, or None when the blob was made under another secret or altered."""
+        try:
+            return self._aead.decrypt(blob[:12], blob[12:], aad)
+        except (InvalidTag, ValueError):
+            return None
+
+
+def decode_public_key(b64: str) -> bytes:
+    """The 32 raw bytes of a standard-base64 X25519 public key, or ValueError."""
+    raw = base64.b64decode(b64.encode("ascii"), validate=True)
+    if len(raw) != 32:
+        raise ValueError(f"public_key must decode to 32 bytes, not {len(raw)}")
+    return raw
+
+
+def _aead_key(shared: bytes, epk: bytes, device_public: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=epk + device_public, info=SEAL_INFO
+    ).derive(shared)
+
+
+def seal(key_hex: str, device_public: bytes, request_id: str) -> dict[str, str]:
+    """Encrypt a key so only the holder of the device's X25519 private key reads it."""
+    ephemeral = X25519PrivateKey.generate()
+    epk = ephemeral.public_key().public_bytes_raw()
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(device_public))
+    nonce = os.urandom(12)
+    ciphertext = ChaCha20Poly1305(_aead_key(shared, epk, device_public)).encrypt(
+        nonce, key_hex.encode("ascii"), request_id.encode()
+    )
+    b64 = base64.b64encode
+    return {
+        "alg": SEAL_ALG,
+        "epk": b64(epk).decode(),
+        "nonce": b64(nonce).decode(),
+        "ciphertext": b64(ciphertext).decode(),
+    }
+
+
+def unseal(private: X25519PrivateKey, sealed: dict[str, str], request_id: str) -> str:
+    """The device side of :func:`seal`: recover the key hex, or raise ValueError."""
+    if sealed.get("alg") != SEAL_ALG:
+        raise ValueError(f"unknown sealing algorithm {sealed.get('alg')!r}")
+    epk = base64.b64decode(sealed["epk"])
+    nonce = base64.b64decode(sealed["nonce"])
+    ciphertext = base64.b64decode(sealed["ciphertext"])
+    device_public = private.public_key().public_bytes_raw()
+    shared = private.exchange(X25519PublicKey.from_public_bytes(epk))
+    try:
+        plain = ChaCha20Poly1305(_aead_key(shared, epk, device_public)).decrypt(
+            nonce, ciphertext, request_id.encode()
+        )
+    except InvalidTag as exc:
+        raise ValueError("the sealed key does not open with this private key") from exc
+    return plain.decode("ascii")

@@ -1,0 +1,62 @@
+"""Connecting to the broker: one place that knows how aiomqtt is configured.
+
+Both the service and the reference device client connect through here, so TLS,
+credentials and MQTT 5 session settings are decided once.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.config import MqttEndpoint
+
+#: How long the broker keeps the bridge's session (subscriptions, queued requests) while
+#: it is away: a day covers a restart, a deploy or a long outage.
+SESSION_EXPIRY_SECONDS = 86_400
+
+
+def client(
+    endpoint: MqttEndpoint,
+    client_id: str,
+    *,
+    persistent: bool,
+    max_inflight: int = 20,
+    ca_file: str | None = None,
+) -> aiomqtt.Client:
+    """An MQTT 5 client; ``persistent`` keeps the session across disconnects."""
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if persistent:
+        properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+    tls_context = ssl.create_default_context(cafile=ca_file) if endpoint.tls else None
+    return aiomqtt.Client(
+        endpoint.host,
+        endpoint.port,
+        username=endpoint.username,
+        password=endpoint.password,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=not persistent,
+        properties=properties,
+        tls_context=tls_context,
+        max_inflight_messages=max_inflight,
+        timeout=10,
+    )
+
+
+def reply_properties(expiry_seconds: int, correlation_data: bytes | None) -> Properties:
+    """PUBLISH properties of a reply: expiry always, correlation data when the request had it."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.MessageExpiryInterval = expiry_seconds
+    if correlation_data is not None:
+        props.CorrelationData = correlation_data
+    return props
+
+
+def correlation_data(message: aiomqtt.Message) -> bytes | None:
+    props = message.properties
+    data = getattr(props, "CorrelationData", None) if props is not None else None
+    return data if isinstance(data, bytes) else None

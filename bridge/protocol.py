@@ -1,0 +1,179 @@
+"""Protocol v1 on the wire: topics, the request model, reply builders. Pure, no I/O.
+
+The contract is ``protocol-v1.md``; the README restates it for users. Parsing is
+strict on purpose: an unknown field or a wrong type is ``malformed`` and says
+which, so a firmware typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from bridge.errors import Malformed
+
+MAX_PAYLOAD_BYTES = 4096
+PROTOCOL_VERSION = 1
+
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class ActivationRequest(BaseModel):
+    """What a device publishes on ``{prefix}/activate/{client_id}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    request_id: RequestId
+    vendor: Text64
+    model: Text64
+    identifier: Text64
+    public_key: str | None = None
+    v: Literal[1] | None = None
+
+
+def activate_topic(prefix: str, client_id: str) -> str:
+    return f"{prefix}/activate/{client_id}"
+
+
+def reply_topic(prefix: str, client_id: str) -> str:
+    return f"{prefix}/reply/{client_id}"
+
+
+def subscription(prefix: str, share_group: str | None) -> str:
+    """The bridge's subscription: every device's activation topic."""
+    topic = f"{prefix}/activate/+"
+    return f"$share/{share_group}/{topic}" if share_group else topic
+
+
+def client_id_from_topic(prefix: str, topic: str) -> str | None:
+    """The client id in an activation topic, or None when it breaks the rule."""
+    head = f"{prefix}/activate/"
+    if not topic.startswith(head):
+        return None
+    client_id = topic[len(head) :]
+    return client_id if CLIENT_ID_RE.fullmatch(client_id) else None
+
+
+def _reject_constant(name: str) -> float:
+    # NaN and Infinity are not JSON; Python would accept them by default.
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_request(payload: bytes) -> ActivationRequest:
+    """Validate a raw payload into a request, or raise Malformed naming what is wrong."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise Malformed(
+            f"The request is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes."
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Malformed("The request is not valid UTF-8.") from exc
+    try:
+        data: Any = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise Malformed("The request is not valid JSON.") from exc
+    if not isinstance(data, dict):
+        raise Malformed(f"The request must be a JSON object, not a JSON {_json_type(data)}.")
+    try:
+        return ActivationRequest.model_validate(data)
+    except ValidationError as exc:
+        raise Malformed(_describe(exc)) from exc
+
+
+def request_id_of(payload: bytes) -> str | None:
+    """Best-effort request id of a malformed request, echoed only when it is valid."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    rid = data.get("request_id") if isinstance(data, dict) else None
+    return rid if isinstance(rid, str) and REQUEST_ID_RE.fullmatch(rid) else None
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+_FIELD_RULES = {
+    "request_id": "1 to 64 characters of A-Z a-z 0-9 . _ : -",
+    "vendor": "a string of 1 to 64 characters",
+    "model": "a string of 1 to 64 characters",
+    "identifier": "a string of 1 to 64 characters",
+    "public_key": "a standard base64 string of a 32-byte X25519 public key",
+    "v": "1",
+}
+
+
+def _describe(exc: ValidationError) -> str:
+    """One sentence for the first problem pydantic found."""
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else "request"
+    if error["type"] == "extra_forbidden":
+        return f"The request has an unknown field {field!r}."
+    if error["type"] == "missing":
+        return f"The request is missing the field {field!r}."
+    if field == "v":
+        return "The protocol version 'v' must be 1."
+    return f"The field {field!r} must be {_FIELD_RULES.get(field, 'valid')}."
+
+
+def _dump(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def ok_reply(
+    request_id: str,
+    vendor: str,
+    model: str,
+    identifier: str,
+    *,
+    key: str | None = None,
+    sealed_key: dict[str, str] | None = None,
+) -> bytes:
+    """A success reply: exactly one of ``key`` or ``sealed_key``."""
+    body: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "request_id": request_id,
+        "status": "ok",
+        "vendor": vendor,
+        "model": model,
+        "identifier": identifier,
+    }
+    if sealed_key is not None:
+        body["sealed_key"] = sealed_key
+    else:
+        body["key"] = key
+    return _dump(body)
+
+
+def error_reply(
+    request_id: str | None, code: str, message: str, retry_after: int | None = None
+) -> bytes:
+    body: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "request_id": request_id,
+        "status": "error",
+        "code": code,
+        "message": message,
+    }
+    if retry_after is not None:
+        body["retry_after"] = retry_after
+    return _dump(body)

@@ -1,0 +1,268 @@
+"""The activation use case: request bytes in, reply bytes out.
+
+Imports neither aiomqtt nor asyncpg: it is handed a store (anything with the
+methods of :class:`ActivationStore`) and a clock, so it can be reasoned about
+without a broker. The decision itself happens in the database, in one round trip
+(``bridge_activate``); this module prepares the candidate key and reply before
+that round trip and words the outcome after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge import identifiers, keys, protocol
+from bridge.errors import InvalidIdentifier, Malformed, RequestError, Unavailable, UnknownModel
+from bridge.records import ActivationOutcome, AuditEntry, ModelRow
+
+log = logging.getLogger("bridge.provisioner")
+
+
+class ActivationStore(Protocol):
+    """What activation needs from storage (implemented by :class:`bridge.store.Store`)."""
+
+    async def get_model(self, vendor: str, model: str) -> ModelRow | None: ...
+
+    async def activate(
+        self,
+        *,
+        client_id: str,
+        request_id: str,
+        model_id: int,
+        identifier: str,
+        presented: str,
+        key_id: str,
+        key_hash: bytes,
+        reply: bytes,
+        grace_seconds: int,
+    ) -> ActivationOutcome: ...
+
+    async def record(self, entry: AuditEntry) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What to publish on the device's reply topic, and what to log about it."""
+
+    payload: bytes
+    code: str
+    request_id: str | None
+    identifier: str | None = None
+
+    def __repr__(self) -> str:  # the payload may hold a key: never shown
+        return f"Reply(code={self.code!r}, request_id={self.request_id!r})"
+
+
+class Provisioner:
+    """Turns one activation request into one reply."""
+
+    def __init__(
+        self,
+        store: ActivationStore,
+        hasher: keys.KeyHasher,
+        cipher: keys.ReplayCipher,
+        *,
+        grace_seconds: int = 600,
+        retry_after: int = 5,
+        model_ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._cipher = cipher
+        self._grace = grace_seconds
+        self._retry_after = retry_after
+        self._model_ttl = model_ttl
+        self._clock = clock
+        # Models change rarely and every request needs one: a short-lived cache saves
+        # a round trip per activation without making `model add` wait long to take effect.
+        self._models: dict[tuple[str, str], tuple[float, ModelRow]] = {}
+
+    async def activate(self, client_id: str, payload: bytes) -> Reply:
+        """Validate, decide and word the reply for one request from ``client_id``."""
+        try:
+            request = protocol.parse_request(payload)
+        except Malformed as exc:
+            request_id = protocol.request_id_of(payload)
+            await self._audit_quietly(
+                AuditEntry(
+                    "activate",
+                    exc.code,
+                    actor="device",
+                    client_id=client_id,
+                    request_id=request_id,
+                    detail=exc.message,
+                )
+            )
+            return Reply(
+                protocol.error_reply(request_id, exc.code, exc.message), exc.code, request_id
+            )
+        try:
+            return await self._activate(client_id, request)
+        except Unavailable as exc:
+            body = protocol.error_reply(
+                request.request_id, exc.code, exc.message, self._retry_after
+            )
+            return Reply(body, exc.code, request.request_id)
+
+    async def reject_topic(self, topic: str, payload: bytes) -> None:
+        """Record a request whose topic has no valid client id (it gets no reply)."""
+        await self._audit_quietly(
+            AuditEntry(
+                "activate",
+                "malformed",
+                actor="device",
+                request_id=protocol.request_id_of(payload),
+                detail=f"topic {topic[:200]!r} carries no valid client id; not answered",
+            )
+        )
+
+    async def _activate(self, client_id: str, request: protocol.ActivationRequest) -> Reply:
+        rid = request.request_id
+        audit = AuditEntry(
+            "activate",
+            "",
+            actor="device",
+            client_id=client_id,
+            request_id=rid,
+            vendor=request.vendor,
+            model=request.model,
+            identifier_presented=request.identifier,
+        )
+        try:
+            device_public = (
+                keys.decode_public_key(request.public_key)
+                if request.public_key is not None
+                else None
+            )
+        except ValueError as exc:
+            return await self._refuse(
+                audit,
+                Malformed(
+                    "The field 'public_key' must be the standard base64 of a 32-byte X25519 "
+                    f"public key ({exc})."
+                ),
+            )
+        model = await self._model(request.vendor, request.model)
+        if model is None:
+            return await self._refuse(
+                audit,
+                UnknownModel(
+                    f"The model {request.vendor}/{request.model} is not registered; "
+                    "check the vendor and model names the firmware sends."
+                ),
+            )
+        try:
+            canonical = identifiers.normalize(model.kind, request.identifier, model.pattern)
+        except InvalidIdentifier as exc:
+            return await self._refuse(audit, exc)
+
+        key = keys.generate_key()
+        if device_public is not None:
+            body = protocol.ok_reply(
+                rid,
+                model.vendor,
+                model.model,
+                canonical,
+                sealed_key=keys.seal(key, device_public, rid),
+            )
+        else:
+            body = protocol.ok_reply(rid, model.vendor, model.model, canonical, key=key)
+        aad = _replay_aad(client_id, rid)
+        outcome = await self._store.activate(
+            client_id=client_id,
+            request_id=rid,
+            model_id=model.id,
+            identifier=canonical,
+            presented=request.identifier,
+            key_id=self._hasher.key_id,
+            key_hash=self._hasher.hash(key),
+            reply=self._cipher.encrypt(body, aad),
+            grace_seconds=self._grace,
+        )
+        if outcome.code == "ok":
+            if outcome.replay is not None:
+                replayed = self._cipher.decrypt(outcome.replay, aad)
+                if replayed is None:
+                    # Stored under a secret this bridge no longer has: it cannot
+                    # resend the key, and must not invent a second one.
+                    message = (
+                        "A key was already issued for this request and cannot be resent; "
+                        "re-enable the device to activate it again."
+                    )
+                    return Reply(
+                        protocol.error_reply(rid, "already_activated", message),
+                        "already_activated",
+                        rid,
+                        canonical,
+                    )
+                body = replayed
+            return Reply(body, "ok", rid, canonical)
+        message = _refusal(outcome, model, canonical)
+        return Reply(protocol.error_reply(rid, outcome.code, message), outcome.code, rid, canonical)
+
+    async def _refuse(self, audit: AuditEntry, exc: RequestError) -> Reply:
+        """Answer a refusal decided before the database, and audit it."""
+        await self._audit_quietly(dataclasses.replace(audit, code=exc.code, detail=exc.message))
+        body = protocol.error_reply(audit.request_id, exc.code, exc.message)
+        return Reply(body, exc.code, audit.request_id)
+
+    async def _audit_quietly(self, entry: AuditEntry) -> None:
+        # A refusal decided before the database still gets its answer when the
+        # database is down; only its audit line is lost, and that is logged.
+        try:
+            await self._store.record(entry)
+        except Unavailable:
+            log.warning("audit entry not written: database unavailable (code=%s)", entry.code)
+
+    async def _model(self, vendor: str, model: str) -> ModelRow | None:
+        now = self._clock()
+        cached = self._models.get((vendor, model))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        row = await self._store.get_model(vendor, model)
+        if row is not None:
+            if len(self._models) > 10_000:  # bounded: a flood of names cannot grow it
+                self._models.clear()
+            self._models[(vendor, model)] = (now + self._model_ttl, row)
+        return row
+
+
+def _replay_aad(client_id: str, request_id: str) -> bytes:
+    # Binds a stored reply to its (client id, request id): a row copied onto
+    # another request does not decrypt.
+    return f"{client_id}\x00{request_id}".encode()
+
+
+def _refusal(outcome: ActivationOutcome, model: ModelRow, canonical: str) -> str:
+    """One sentence for a refusal decided in the database (device-facing: no suggestions)."""
+    what = f"{identifiers.kind_name(model.kind)} {identifiers.display(model.kind, canonical)}"
+    where = f"{model.vendor}/{model.model}"
+    if outcome.code == "not_approved":
+        return f"The {what} is not on the approval list of {where}."
+    if outcome.code == "not_claimed":
+        return (
+            f"The {what} is approved for {where} but no owner has claimed it yet; "
+            "the owner must add it to their account first."
+        )
+    if outcome.code == "window_expired":
+        return (
+            f"The activation window of the {what} has closed; "
+            "the owner can re-enable the device to open a new one."
+        )
+    if outcome.code == "already_activated":
+        return (
+            f"A key was already issued for the {what}; "
+            "the device must be re-enabled before it can activate again."
+        )
+    if outcome.code == "revoked":
+        return (
+            f"The key of the {what} was revoked; "
+            "the device must be re-enabled before it can activate again."
+        )
+    return f"The activation of the {what} was refused ({outcome.code})."

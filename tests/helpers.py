@@ -1,0 +1,59 @@
+"""Helpers shared by the integration tests: a bridge running in the test's loop, a device."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.client import ActivationResult, activate_device
+from bridge.config import Settings, parse_mqtt_url
+from bridge.runtime import serve
+
+
+@dataclass
+class RunningBridge:
+    settings: Settings
+    stop: asyncio.Event
+    ready: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def halt(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, timeout=15)
+
+
+async def start_bridge(settings: Settings) -> RunningBridge:
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop, ready=ready), name="test-bridge")
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        waiter.cancel()
+        task.result()  # raises what stopped it
+    if waiter not in done:
+        waiter.cancel()
+        stop.set()
+        raise TimeoutError("the bridge did not subscribe within 15 s")
+    return RunningBridge(settings, stop, ready, task)
+
+
+async def activate(
+    settings: Settings,
+    identifier: str,
+    *,
+    vendor: str = "acme",
+    model: str = "thermo-1",
+    **kwargs: Any,
+) -> ActivationResult:
+    """One activation through the real broker, with the reference device client."""
+    assert settings.mqtt_url is not None
+    kwargs.setdefault("timeout", 10.0)
+    return await activate_device(
+        parse_mqtt_url(settings.mqtt_url.get_secret_value()),
+        prefix=settings.topic_prefix,
+        vendor=vendor,
+        model=model,
+        identifier=identifier,
+        **kwargs,
+    )
