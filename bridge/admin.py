@@ -174,9 +174,8 @@ class Admin:
     async def _suggest(self, model: ModelRow, typed: str) -> str | None:
         """An approved identifier differing from ``typed`` only by look-alike characters."""
         key = identifiers.lookalike_key(model.kind, typed)
-        bare = identifiers.lookalike_key_unfolded(model.kind, typed)
         for candidate in await self._store.lookalikes(model, key):
-            if identifiers.lookalike_substitutions(bare, candidate) in (1, 2):
+            if identifiers.suggestion_ok(typed, candidate):
                 return identifiers.display(model.kind, candidate)
         return None
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from bridge import __version__, embedded, identifiers, logs
 from bridge.admin import Admin
@@ -36,8 +36,16 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors speak like every other error: one line, exit 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"error: usage: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per option)
-    db = argparse.ArgumentParser(add_help=False)
+    db = _Parser(add_help=False)
     db.add_argument(
         "--database-url",
         metavar="URL",
@@ -46,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
     db.add_argument(
         "--state-dir", metavar="DIR", help="embedded database/broker files (env BRIDGE_STATE_DIR)"
     )
-    broker = argparse.ArgumentParser(add_help=False)
+    broker = _Parser(add_help=False)
     broker.add_argument(
         "--mqtt-url",
         metavar="URL",
@@ -58,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         help="topic prefix (env BRIDGE_TOPIC_PREFIX; default provision)",
     )
 
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="bridge",
         description="MQTT provisioning bridge: devices trade their sticker number for a key.",
         epilog="Quick start: `bridge serve --dev` in one terminal; `bridge model add`, "
@@ -247,9 +255,8 @@ async def _model_add(args: argparse.Namespace) -> int:
             claim_required=not args.no_claim,
         )
     claim = "claim required" if row.claim_required else "no claim needed"
-    print(
-        f"added model {row.vendor}/{row.model}: kind {row.kind}, window {row.window_seconds}s, {claim}"
-    )
+    window = f"window {row.window_seconds}s"
+    print(f"added model {row.vendor}/{row.model}: kind {row.kind}, {window}, {claim}")
     return 0
 
 

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from bridge.errors import Malformed
 
@@ -35,7 +42,15 @@ class ActivationRequest(BaseModel):
     model: Text64
     identifier: Text64
     public_key: str | None = None
-    v: Literal[1] | None = None
+    # StrictInt, then a check: a plain Literal[1] would let JSON `true` pass (True == 1).
+    v: StrictInt | None = None
+
+    @field_validator("v")
+    @classmethod
+    def _version_one(cls, value: int | None) -> int | None:
+        if value is not None and value != PROTOCOL_VERSION:
+            raise ValueError("unsupported protocol version")
+        return value
 
 
 def activate_topic(prefix: str, client_id: str) -> str:

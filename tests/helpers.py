@@ -57,3 +57,27 @@ async def activate(
         identifier=identifier,
         **kwargs,
     )
+
+
+async def raw_exchange(
+    settings: Settings,
+    payload: bytes,
+    *,
+    client_id: str = "raw-device",
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Publish raw bytes on a device's activation topic and return the JSON reply."""
+    import json  # noqa: PLC0415
+
+    from bridge import mqtt, protocol  # noqa: PLC0415
+
+    assert settings.mqtt_url is not None
+    endpoint = parse_mqtt_url(settings.mqtt_url.get_secret_value())
+    async with asyncio.timeout(timeout), mqtt.client(endpoint, client_id, persistent=False) as c:
+        await c.subscribe(protocol.reply_topic(settings.topic_prefix, client_id), qos=1)
+        await c.publish(protocol.activate_topic(settings.topic_prefix, client_id), payload, qos=1)
+        async for message in c.messages:
+            assert isinstance(message.payload, bytes)
+            reply: dict[str, Any] = json.loads(message.payload)
+            return reply
+    raise AssertionError("the broker closed the stream")

@@ -24,8 +24,8 @@ def docker_engine_answers() -> bool:
     try:
         import docker  # noqa: PLC0415 (only with testcontainers installed)
 
-        docker.from_env(timeout=3).ping()
-    except Exception:  # noqa: BLE001 (any failure means: no engine)
+        docker.from_env(timeout=3).ping()  # type: ignore[attr-defined]
+    except Exception:
         return False
     return True
 
@@ -120,7 +120,7 @@ def mosquitto() -> Iterator[str]:
         from testcontainers.core.container import DockerContainer  # noqa: PLC0415
 
         conf = Path(tempfile.mkdtemp()) / "mosquitto.conf"
-        conf.write_text(mosquitto_config(1883, bind="0.0.0.0"))  # noqa: S104 (in a container)
+        conf.write_text(mosquitto_config(1883, bind="0.0.0.0"))
         container = (
             DockerContainer("eclipse-mosquitto:2")
             .with_exposed_ports(1883)

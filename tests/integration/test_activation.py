@@ -16,7 +16,9 @@ KEY_SHAPE = re.compile(r"[0-9a-f]{40}")
 
 
 async def _mac_model(admin: Admin, *, window: int = 86_400, claim: bool = True) -> None:
-    await admin.add_model("acme", "thermo-1", kind="mac", window_seconds=window, claim_required=claim)
+    await admin.add_model(
+        "acme", "thermo-1", kind="mac", window_seconds=window, claim_required=claim
+    )
 
 
 async def _claimed(admin: Admin, mac: str = MAC, **model: int | bool) -> None:

@@ -1,0 +1,67 @@
+"""Settings and URLs (no I/O)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bridge.cli import parse_duration
+from bridge.config import DEV_SECRET, Settings, load_settings, parse_mqtt_url
+from bridge.errors import ConfigError
+
+
+def test_mqtt_url_parts_and_password_hidden() -> None:
+    endpoint = parse_mqtt_url("mqtts://bridge:s%40cret@broker.example:8884")
+    assert (endpoint.host, endpoint.port, endpoint.tls) == ("broker.example", 8884, True)
+    assert (endpoint.username, endpoint.password) == ("bridge", "s@cret")
+    assert "s@cret" not in repr(endpoint)
+    assert parse_mqtt_url("mqtt://localhost").port == 1883
+    assert parse_mqtt_url("mqtts://localhost").port == 8883
+
+
+@pytest.mark.parametrize("url", ["http://x", "mqtt://", "mqtt://h:notaport"])
+def test_bad_mqtt_urls(url: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_mqtt_url(url)
+
+
+def test_secret_is_required_unless_dev(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BRIDGE_SECRET", raising=False)
+    with pytest.raises(ConfigError, match="BRIDGE_SECRET is not set"):
+        Settings().server_secret()
+    assert Settings(dev=True).server_secret() == DEV_SECRET.encode()
+    assert Settings(secret="s3").server_secret() == b"s3"
+
+
+def test_secrets_never_in_repr() -> None:
+    settings = Settings(secret="hunter2", database_url="postgresql://u:pw@h/db")
+    assert "hunter2" not in repr(settings) and "pw@" not in repr(settings)
+
+
+def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_TOPIC_PREFIX", "from-env")
+    monkeypatch.setenv("BRIDGE_SHARE_GROUP", "g1")
+    assert load_settings().topic_prefix == "from-env"
+    assert load_settings(topic_prefix="from-flag").topic_prefix == "from-flag"
+    assert load_settings().share_group == "g1"
+
+
+@pytest.mark.parametrize("prefix", ["", "a/+/b", "a/#", "bad prefix", "/leading"])
+def test_bad_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(ConfigError, match="topic_prefix"):
+        load_settings(topic_prefix=prefix)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("86400", 86400), ("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800)],
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "5x", "-1", "1.5h"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration(text)
