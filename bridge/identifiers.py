@@ -31,8 +31,9 @@ from typing import Final
 
 from bridge.errors import InvalidIdentifier
 
-#: The protocol caps the ``identifier`` field at 64 characters; the owner-side
-#: CLI applies the same cap so that both doors accept exactly the same values.
+#: The protocol caps the ``identifier`` field at 64 characters. The cap lives
+#: here, not only in the payload check, so that the MQTT door and the owner-side
+#: door (claim, approve) accept exactly the same values.
 MAX_LENGTH: Final = 64
 
 #: The claim step suggests an approved identifier only when the typed value
@@ -104,8 +105,8 @@ _INVISIBLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Z
 # Sticker misreadings, letter -> the digit it is mistaken for (and back).
 _FOLD: Final = {"O": "0", "I": "1", "L": "1", "S": "5", "B": "8", "Z": "2", "G": "6"}
 _FOLD_TABLE: Final = str.maketrans(_FOLD)
-# What lookalike_key ignores: every separator any kind accepts, so a typed value
-# and its canonical form meet whatever the person put between the groups.
+# What lookalike_key ignores: every separator the numeric kinds accept, so a
+# typed value and its canonical form meet whatever was put between the groups.
 _LOOKALIKE_SEPARATORS: Final = frozenset(":-./")
 
 
@@ -120,10 +121,11 @@ class _Refused(Exception):
 def normalize(kind: Kind | str, text: str, pattern: str | None = None) -> str:
     """Return the canonical form of ``text`` for ``kind`` or raise InvalidIdentifier.
 
-    ``pattern`` is the model's regular expression for serial numbers; it must
-    match the whole canonical (upper-cased) value. An unknown ``kind`` raises
-    ValueError (a programming error); any ``text`` at all either normalizes or
-    raises InvalidIdentifier.
+    ``pattern`` is the model's regular expression for serial numbers (other
+    kinds ignore it); it must match the whole canonical (upper-cased) value.
+    An unknown ``kind`` raises ValueError (a programming error); any ``text``
+    at all either normalizes or raises InvalidIdentifier. Over 64 characters,
+    the error's ``presented`` is the input's first 64 characters and "…".
     """
     kind = Kind(kind)
     if len(text) > MAX_LENGTH:
@@ -319,9 +321,10 @@ def _check_digit(given: str, expected: str) -> None:
 def _luhn(digits: str, base: int) -> int:
     """The Luhn check digit of ``digits`` in ``base`` (10, or 16 for MEIDs).
 
-    Base 16 is the MEID variant of 3GPP2 S.R0048: every second digit from the
-    right is doubled and a doubled value of 16 or more contributes its two hex
-    digits' sum (value - 15), exactly as decimal Luhn does with value - 9.
+    Base 16 is the MEID variant (3GPP2 S.R0048; the tests check it against the
+    published X.S0008 example): every second digit from the right is doubled,
+    and a doubled value of 16 or more contributes the sum of its two hex digits
+    (value - 15), just as decimal Luhn uses value - 9.
     """
     total = 0
     for position, char in enumerate(reversed(digits)):
@@ -335,8 +338,9 @@ def _luhn(digits: str, base: int) -> int:
 
 
 def _meid_check_digit(body: str) -> str:
-    # S.R0048: an MEID made only of decimal digits is an IMEI (the two share
-    # one number space), and its check digit is the IMEI's decimal Luhn digit.
+    # An MEID made only of decimal digits is an IMEI (the two share one number
+    # space, and every IMEI may serve as an MEID); the check digit printed with
+    # it is the IMEI's decimal Luhn digit, not the hex one.
     if all(char in _DECIMAL for char in body):
         return _HEX_UPPER[_luhn(body, 10)]
     return _HEX_UPPER[_luhn(body, 16)]
