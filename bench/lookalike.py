@@ -37,7 +37,8 @@ async def main(rows: int, probes: int) -> None:
             await store.migrate()
             conn = await asyncpg.connect(url)
             model_id = await conn.fetchval(
-                "INSERT INTO models (vendor, model, kind) VALUES ('bench', $1, 'serial') RETURNING id",
+                "INSERT INTO models (vendor, model, kind) "
+                "VALUES ('bench', $1, 'serial') RETURNING id",
                 f"m{time.time_ns()}",
             )
             started = time.perf_counter()
