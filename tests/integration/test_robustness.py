@@ -179,3 +179,66 @@ async def test_database_down_gets_unavailable_with_retry_after(settings: Setting
     assert result.reply["code"] == "unavailable"
     assert result.reply["retry_after"] == dead.retry_after_seconds
     assert result.reply["request_id"] == "while-down"
+
+
+async def test_mqtt5_correlation_data_echoed_expiry_set_never_retained(
+    admin: Admin, settings: Settings, bridge: RunningBridge
+) -> None:
+    from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415
+    from paho.mqtt.properties import Properties  # noqa: PLC0415
+
+    from bridge import mqtt, protocol  # noqa: PLC0415
+    from bridge.config import parse_mqtt_url  # noqa: PLC0415
+
+    await _claimed(admin)
+    assert settings.mqtt_url is not None
+    endpoint = parse_mqtt_url(settings.mqtt_url.get_secret_value())
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.CorrelationData = b"\x00corr-42"
+    request = {"request_id": "c1", "vendor": "acme", "model": "thermo-1", "identifier": MAC}
+    async with asyncio.timeout(10), mqtt.client(endpoint, "corr-dev", persistent=False) as c:
+        await c.subscribe(protocol.reply_topic(settings.topic_prefix, "corr-dev"), qos=1)
+        await c.publish(
+            protocol.activate_topic(settings.topic_prefix, "corr-dev"),
+            json.dumps(request).encode(),
+            qos=1,
+            properties=props,
+        )
+        message = await anext(aiter(c.messages))
+    assert message.qos == 1
+    assert not message.retain
+    assert message.properties is not None
+    assert message.properties.CorrelationData == b"\x00corr-42"
+    assert 0 < message.properties.MessageExpiryInterval <= settings.reply_expiry_seconds
+    assert isinstance(message.payload, bytes)
+    assert json.loads(message.payload)["status"] == "ok"
+
+
+async def test_every_attempt_is_audited_without_the_key(
+    admin: Admin, settings: Settings, bridge: RunningBridge, database_url: str
+) -> None:
+    await _claimed(admin)
+    ok = await activate(settings, MAC, client_id="aud-1", request_id="a1")
+    await activate(settings, MAC, client_id="aud-1", request_id="a2")  # already_activated
+    await activate(settings, "zz", client_id="aud-1", request_id="a3")  # invalid_identifier
+    await activate(settings, MAC, model="ghost", client_id="aud-1", request_id="a4")
+    await raw_exchange(settings, b"{}", client_id="aud-1")  # malformed
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT request_id, code, identifier, identifier_presented, detail::text AS detail "
+            "FROM audit_log WHERE action = 'activate' AND client_id = 'aud-1' ORDER BY id"
+        )
+    finally:
+        await conn.close()
+    assert [(r["request_id"], r["code"]) for r in rows] == [
+        ("a1", "ok"),
+        ("a2", "already_activated"),
+        ("a3", "invalid_identifier"),
+        ("a4", "unknown_model"),
+        (None, "malformed"),
+    ]
+    assert rows[0]["identifier"] == "001A2B3C4D5E"
+    assert rows[0]["identifier_presented"] == MAC
+    assert ok.key is not None
+    assert all(ok.key not in str(dict(r)) for r in rows)
