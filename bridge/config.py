@@ -24,6 +24,7 @@ from bridge.errors import ConfigError
 DEV_SECRET = "insecure-development-secret-do-not-use-in-production"  # noqa: S105 (public by design)
 
 _TOPIC_LEVEL = re.compile(r"[A-Za-z0-9._:-]+(/[A-Za-z0-9._:-]+)*")
+_LISTEN_ADDR = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{0,4})")
 
 
 def default_state_dir() -> Path:
@@ -45,7 +46,8 @@ class Settings(BaseSettings):
     mqtt_url: SecretStr | None = Field(
         default=None,
         description="Broker URL (mqtt://user:pass@host:port, mqtts:// for TLS). "
-        "Unset: `serve` starts mosquitto from PATH on 127.0.0.1:1883; clients use that.",
+        "Unset: `serve` starts mosquitto from PATH on 127.0.0.1:1883, or an in-process "
+        "amqtt broker (MQTT 3.1.1) when there is no mosquitto; clients use that.",
     )
     topic_prefix: str = Field(default="provision", description="First topic level(s).")
     secret: SecretStr | None = Field(
@@ -83,6 +85,11 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(
         default=5, ge=1, description="retry_after sent with `unavailable`."
     )
+    metrics_addr: str | None = Field(
+        default=None,
+        description="host:port of the HTTP listener for /metrics (Prometheus), /healthz and "
+        "/readyz, e.g. 127.0.0.1:9108. Unset: no listener.",
+    )
 
     @field_validator("topic_prefix")
     @classmethod
@@ -90,6 +97,13 @@ class Settings(BaseSettings):
         if not _TOPIC_LEVEL.fullmatch(value):
             raise ValueError("must be topic levels of [A-Za-z0-9._:-] separated by '/'")
         return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _addr_is_host_port(cls, value: str | None) -> str | None:
+        if value and not _LISTEN_ADDR.fullmatch(value):
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9108 or [::1]:9108")
+        return value or None
 
     @field_validator("share_group")
     @classmethod
