@@ -40,12 +40,12 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = Field(
         default=None,
-        description="PostgreSQL URL (postgresql://user:pass@host:port/db). "
+        description="PostgreSQL URL (`postgresql://user:pass@host:port/db`). "
         "Unset: an embedded PostgreSQL under the state directory.",
     )
     mqtt_url: SecretStr | None = Field(
         default=None,
-        description="Broker URL (mqtt://user:pass@host:port, mqtts:// for TLS). "
+        description="Broker URL (`mqtt://user:pass@host:port`, `mqtts://` for TLS). "
         "Unset: `serve` starts mosquitto from PATH on 127.0.0.1:1883, or an in-process "
         "amqtt broker (MQTT 3.1.1) when there is no mosquitto; clients use that.",
     )
@@ -53,20 +53,20 @@ class Settings(BaseSettings):
     secret: SecretStr | None = Field(
         default=None,
         description="Server secret for keyed hashing of keys and encrypting replay data. "
-        "Required by `serve` unless --dev.",
+        "Required by `serve` unless `--dev`; never a flag (it would show in `ps`).",
     )
     dev: bool = Field(
         default=False,
-        description="Allow the well-known development secret when BRIDGE_SECRET is unset.",
+        description="Allow the well-known development secret when `BRIDGE_SECRET` is unset.",
     )
     share_group: str | None = Field(
         default=None,
-        description="Subscribe as $share/<group>/... so several bridges share the load.",
+        description="Subscribe as `$share/<group>/...` so several bridges share the load.",
     )
     client_id: str | None = Field(
         default=None,
         description="The bridge's own MQTT client id; keep it stable across restarts "
-        "(persistent session). Default: bridge-<hostname>.",
+        "(persistent session).",
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,
@@ -78,17 +78,19 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         default=64, ge=1, le=10_000, description="Requests processed at once by one bridge."
     )
-    db_pool_size: int = Field(default=10, ge=1, le=500, description="Database connections.")
+    db_pool_size: int = Field(
+        default=10, ge=1, le=500, description="Database connections per bridge (pool maximum)."
+    )
     reply_expiry_seconds: int = Field(
         default=600, ge=1, description="MQTT 5 Message Expiry of replies."
     )
     retry_after_seconds: int = Field(
-        default=5, ge=1, description="retry_after sent with `unavailable`."
+        default=5, ge=1, description="`retry_after` sent with `unavailable`."
     )
     metrics_addr: str | None = Field(
         default=None,
-        description="host:port of the HTTP listener for /metrics (Prometheus), /healthz and "
-        "/readyz, e.g. 127.0.0.1:9108. Unset: no listener.",
+        description="`host:port` of the HTTP listener for `/metrics` (Prometheus), `/healthz` and "
+        "`/readyz`, e.g. `127.0.0.1:9108`. Unset: no listener.",
     )
 
     @field_validator("topic_prefix")

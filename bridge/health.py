@@ -12,13 +12,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from bridge.errors import ConfigError
+from bridge import embedded, mqtt
+from bridge.config import Settings
+from bridge.errors import ConfigError, Unavailable
 from bridge.metrics import Metrics
+from bridge.store import Store
 
 log = logging.getLogger("bridge.health")
 
@@ -29,21 +33,36 @@ _MAX_HEADER_LINES = 100
 
 @dataclass(frozen=True)
 class Readiness:
-    """Whether the bridge can serve: subscribed to the broker and the database answers."""
+    """Whether the bridge can serve: subscribed to the broker and the database answers.
+
+    ``direct`` readiness is checked from outside a bridge (``bridge check`` without a
+    listener): there the broker can only be "reachable", not "subscribed".
+    """
 
     broker: bool
     database: bool
+    direct: bool = False
 
     @property
     def ready(self) -> bool:
         return self.broker and self.database
 
+    def parts(self) -> dict[str, str]:
+        if self.direct:
+            broker = "reachable" if self.broker else "unreachable"
+        else:
+            broker = "subscribed" if self.broker else "not subscribed"
+        return {"broker": broker, "database": "reachable" if self.database else "unreachable"}
+
     def as_dict(self) -> dict[str, object]:
-        return {
-            "ready": self.ready,
-            "broker": "subscribed" if self.broker else "not subscribed",
-            "database": "reachable" if self.database else "unreachable",
-        }
+        return {"ready": self.ready, **self.parts()}
+
+    def sentence(self) -> str:
+        if self.ready:
+            return "The bridge is ready."
+        down = [f"the broker is {self.parts()['broker']}"] if not self.broker else []
+        down += ["the database is unreachable"] if not self.database else []
+        return f"The bridge is not ready: {' and '.join(down)}."
 
 
 ReadinessProbe = Callable[[], Awaitable[Readiness]]
@@ -144,3 +163,49 @@ async def fetch(addr: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]
     if len(status_line) < 2 or not status_line[1].isdigit():
         raise ValueError("the listener's answer is not HTTP")
     return int(status_line[1]), body
+
+
+async def ask(addr: str) -> Readiness:
+    """A running bridge's own answer on ``/readyz``."""
+    try:
+        status, body = await fetch(addr, "/readyz")
+        answer = json.loads(body)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise Unavailable(
+            f"Nothing answers /readyz on {addr}; is `bridge serve` running with "
+            "BRIDGE_METRICS_ADDR set to that address?"
+        ) from exc
+    if not isinstance(answer, dict) or status not in (200, 503):
+        raise Unavailable(f"The listener on {addr} did not answer like a bridge.")
+    return Readiness(
+        broker=answer.get("broker") == "subscribed",
+        database=answer.get("database") == "reachable",
+    )
+
+
+#: How long ``bridge check`` gives each service when it checks them itself.
+DIRECT_TIMEOUT_SECONDS = 5.0
+
+
+async def check_directly(settings: Settings) -> Readiness:
+    """Without a listener: do the database and the broker the bridge would use answer?"""
+    try:
+        async with (
+            asyncio.timeout(DIRECT_TIMEOUT_SECONDS),
+            Store.open(embedded.database_url(settings), pool_size=1) as store,
+        ):
+            await store.ping()
+        database = True
+    except (Unavailable, TimeoutError):
+        database = False
+    endpoint = embedded.client_endpoint(settings)
+    client_id = f"bridge-check-{secrets.token_hex(4)}"
+    try:
+        async with (
+            asyncio.timeout(DIRECT_TIMEOUT_SECONDS),
+            mqtt.connect(endpoint, client_id, persistent=False),
+        ):
+            broker = True
+    except (mqtt.MqttError, OSError, TimeoutError):
+        broker = False
+    return Readiness(broker=broker, database=database, direct=True)

@@ -25,6 +25,9 @@ from bridge.config import MqttEndpoint
 
 log = logging.getLogger("bridge.mqtt")
 
+#: Every broker failure aiomqtt raises, for modules that must not import aiomqtt.
+MqttError = aiomqtt.MqttError
+
 #: How long the broker keeps the bridge's session (subscriptions, queued requests) while
 #: it is away: a day covers a restart, a deploy or a long outage.
 SESSION_EXPIRY_SECONDS = 86_400
