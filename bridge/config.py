@@ -151,6 +151,8 @@ class MqttEndpoint:
     tls: bool
     username: str | None
     password: str | None
+    #: False for a broker known to speak only MQTT 3.1.1 (the embedded amqtt broker).
+    mqtt5: bool = True
 
     def __repr__(self) -> str:
         who = f"{self.username}:***@" if self.username else ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import socket
@@ -96,7 +97,8 @@ async def broker(settings: Settings) -> AsyncIterator[MqttEndpoint]:
     binary = shutil.which("mosquitto")
     if binary is None:
         async with _amqtt(settings, endpoint):
-            yield endpoint
+            # Our own broker: known to speak only MQTT 3.1.1, so no MQTT 5 attempt first.
+            yield dataclasses.replace(endpoint, mqtt5=False)
         return
     with _mosquitto(binary, settings, endpoint):
         yield endpoint

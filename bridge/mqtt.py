@@ -57,8 +57,9 @@ def client(
             max_inflight_messages=max_inflight,
             timeout=10,
         )
-    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties = None
     if persistent:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
     return aiomqtt.Client(
         endpoint.host,
@@ -96,8 +97,27 @@ async def connect(
     max_inflight: int = 20,
     ca_file: str | None = None,
 ) -> AsyncIterator[Link]:
-    """Connect with MQTT 5, or with 3.1.1 when the broker refuses MQTT 5."""
+    """Connect with MQTT 5, or with 3.1.1 when the broker refuses MQTT 5.
+
+    The refusal is only recognised when it comes: amqtt misreads an MQTT 5 CONNECT that
+    carries properties (a persistent session's expiry) and waits for bytes that never
+    come. Hence ``endpoint.mqtt5`` for a broker known to be 3.1.1-only (the embedded
+    one), and a property-less CONNECT for everything that is not persistent.
+    """
     async with contextlib.AsyncExitStack() as stack:
+        if not endpoint.mqtt5:
+            c = await stack.enter_async_context(
+                client(
+                    endpoint,
+                    client_id,
+                    persistent=persistent,
+                    max_inflight=max_inflight,
+                    ca_file=ca_file,
+                    mqtt5=False,
+                )
+            )
+            yield Link(c, mqtt5=False)
+            return
         try:
             c = await stack.enter_async_context(
                 client(
