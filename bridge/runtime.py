@@ -40,31 +40,34 @@ async def serve(
     secret = settings.server_secret()  # refuse to start without one, before anything else
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
-    # The broker first: its choice (configured, mosquitto or embedded amqtt) is the
-    # first line an operator reads.
-    async with embedded.broker(settings) as endpoint:
-        dsn = embedded.database_url(settings)
-        async with Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store:
-            await _check_schema(store, migrate=embedded.is_embedded_database(settings))
-            metrics.watch_pool(store.pool_stats)
-            provisioner = Provisioner(
-                store,
-                keys.KeyHasher(secret),
-                keys.ReplayCipher(secret),
-                grace_seconds=settings.grace_seconds,
-                retry_after=settings.retry_after_seconds,
-            )
-            service = BridgeService(settings, endpoint, provisioner, ready=ready, metrics=metrics)
-            probe = _readiness(service, store, metrics)
-            async with contextlib.AsyncExitStack() as stack:
-                if settings.metrics_addr:
-                    await stack.enter_async_context(
-                        health.listening(settings.metrics_addr, metrics, probe)
-                    )
-                with _signals_set(stop):
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(_purge_replies(store, stop), name="bridge-purge")
-                        await service.run(stop)
+    # The embedded database starts silently, before the broker opens its port (so a
+    # client that sees the port finds the database up too); the broker's choice
+    # (configured, mosquitto or the in-process amqtt) is the first line logged.
+    dsn = embedded.database_url(settings)
+    async with (
+        embedded.broker(settings) as endpoint,
+        Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store,
+    ):
+        await _check_schema(store, migrate=embedded.is_embedded_database(settings))
+        metrics.watch_pool(store.pool_stats)
+        provisioner = Provisioner(
+            store,
+            keys.KeyHasher(secret),
+            keys.ReplayCipher(secret),
+            grace_seconds=settings.grace_seconds,
+            retry_after=settings.retry_after_seconds,
+        )
+        service = BridgeService(settings, endpoint, provisioner, ready=ready, metrics=metrics)
+        probe = _readiness(service, store, metrics)
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.metrics_addr:
+                await stack.enter_async_context(
+                    health.listening(settings.metrics_addr, metrics, probe)
+                )
+            with _signals_set(stop):
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(_purge_replies(store, stop), name="bridge-purge")
+                    await service.run(stop)
     log.info("stopped", extra={"event": "stopped"})
 
 
