@@ -104,46 +104,27 @@ async def connect(
     come. Hence ``endpoint.mqtt5`` for a broker known to be 3.1.1-only (the embedded
     one), and a property-less CONNECT for everything that is not persistent.
     """
+
+    def made(mqtt5: bool) -> aiomqtt.Client:
+        return client(
+            endpoint,
+            client_id,
+            persistent=persistent,
+            max_inflight=max_inflight,
+            ca_file=ca_file,
+            mqtt5=mqtt5,
+        )
+
     async with contextlib.AsyncExitStack() as stack:
-        if not endpoint.mqtt5:
-            c = await stack.enter_async_context(
-                client(
-                    endpoint,
-                    client_id,
-                    persistent=persistent,
-                    max_inflight=max_inflight,
-                    ca_file=ca_file,
-                    mqtt5=False,
-                )
-            )
-            yield Link(c, mqtt5=False)
-            return
+        mqtt5 = endpoint.mqtt5
         try:
-            c = await stack.enter_async_context(
-                client(
-                    endpoint,
-                    client_id,
-                    persistent=persistent,
-                    max_inflight=max_inflight,
-                    ca_file=ca_file,
-                )
-            )
-            mqtt5 = True
+            c = await stack.enter_async_context(made(mqtt5))
         except aiomqtt.MqttCodeError as exc:
-            if exc.rc != _UNSUPPORTED_PROTOCOL:
+            if not mqtt5 or exc.rc != _UNSUPPORTED_PROTOCOL:
                 raise
             log.debug("broker refused MQTT 5; using MQTT 3.1.1", extra={"event": "mqtt311"})
-            c = await stack.enter_async_context(
-                client(
-                    endpoint,
-                    client_id,
-                    persistent=persistent,
-                    max_inflight=max_inflight,
-                    ca_file=ca_file,
-                    mqtt5=False,
-                )
-            )
             mqtt5 = False
+            c = await stack.enter_async_context(made(mqtt5))
         yield Link(c, mqtt5)
 
 
