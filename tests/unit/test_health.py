@@ -103,3 +103,14 @@ async def test_listener_refuses_a_busy_address() -> None:
 
 async def _never_called() -> health.Readiness:
     raise AssertionError("not probed")
+
+
+async def test_a_wildcard_listener_is_asked_on_loopback() -> None:
+    # The Docker image listens on 0.0.0.0:9108 and its HEALTHCHECK asks that address.
+    addr = f"0.0.0.0:{free_port()}"
+
+    async def probe() -> health.Readiness:
+        return health.Readiness(broker=True, database=True)
+
+    async with health.listening(addr, Metrics(), probe):
+        assert (await health.ask(addr)).ready
