@@ -68,7 +68,11 @@ async def activate_device(
     if private is not None:
         raw = private.public_key().public_bytes_raw()
         request["public_key"] = base64.b64encode(raw).decode()
-    async with asyncio.timeout(timeout), mqtt.client(endpoint, client_id, persistent=False) as c:
+    async with (
+        asyncio.timeout(timeout),
+        mqtt.connect(endpoint, client_id, persistent=False) as link,
+    ):
+        c = link.client
         await c.subscribe(protocol.reply_topic(prefix, client_id), qos=1)
         await c.publish(
             protocol.activate_topic(prefix, client_id), json.dumps(request).encode(), qos=1

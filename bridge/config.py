@@ -24,6 +24,7 @@ from bridge.errors import ConfigError
 DEV_SECRET = "insecure-development-secret-do-not-use-in-production"  # noqa: S105 (public by design)
 
 _TOPIC_LEVEL = re.compile(r"[A-Za-z0-9._:-]+(/[A-Za-z0-9._:-]+)*")
+_LISTEN_ADDR = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{0,4})")
 
 
 def default_state_dir() -> Path:
@@ -39,32 +40,33 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = Field(
         default=None,
-        description="PostgreSQL URL (postgresql://user:pass@host:port/db). "
+        description="PostgreSQL URL (`postgresql://user:pass@host:port/db`). "
         "Unset: an embedded PostgreSQL under the state directory.",
     )
     mqtt_url: SecretStr | None = Field(
         default=None,
-        description="Broker URL (mqtt://user:pass@host:port, mqtts:// for TLS). "
-        "Unset: `serve` starts mosquitto from PATH on 127.0.0.1:1883; clients use that.",
+        description="Broker URL (`mqtt://user:pass@host:port`, `mqtts://` for TLS). "
+        "Unset: `serve` starts mosquitto from PATH on 127.0.0.1:1883, or an in-process "
+        "amqtt broker (MQTT 3.1.1) when there is no mosquitto; clients use that.",
     )
     topic_prefix: str = Field(default="provision", description="First topic level(s).")
     secret: SecretStr | None = Field(
         default=None,
         description="Server secret for keyed hashing of keys and encrypting replay data. "
-        "Required by `serve` unless --dev.",
+        "Required by `serve` unless `--dev`; never a flag (it would show in `ps`).",
     )
     dev: bool = Field(
         default=False,
-        description="Allow the well-known development secret when BRIDGE_SECRET is unset.",
+        description="Allow the well-known development secret when `BRIDGE_SECRET` is unset.",
     )
     share_group: str | None = Field(
         default=None,
-        description="Subscribe as $share/<group>/... so several bridges share the load.",
+        description="Subscribe as `$share/<group>/...` so several bridges share the load.",
     )
     client_id: str | None = Field(
         default=None,
         description="The bridge's own MQTT client id; keep it stable across restarts "
-        "(persistent session). Default: bridge-<hostname>.",
+        "(persistent session).",
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,
@@ -76,12 +78,19 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         default=64, ge=1, le=10_000, description="Requests processed at once by one bridge."
     )
-    db_pool_size: int = Field(default=10, ge=1, le=500, description="Database connections.")
+    db_pool_size: int = Field(
+        default=10, ge=1, le=500, description="Database connections per bridge (pool maximum)."
+    )
     reply_expiry_seconds: int = Field(
         default=600, ge=1, description="MQTT 5 Message Expiry of replies."
     )
     retry_after_seconds: int = Field(
-        default=5, ge=1, description="retry_after sent with `unavailable`."
+        default=5, ge=1, description="`retry_after` sent with `unavailable`."
+    )
+    metrics_addr: str | None = Field(
+        default=None,
+        description="`host:port` of the HTTP listener for `/metrics` (Prometheus), `/healthz` and "
+        "`/readyz`, e.g. `127.0.0.1:9108`. Unset: no listener.",
     )
 
     @field_validator("topic_prefix")
@@ -90,6 +99,13 @@ class Settings(BaseSettings):
         if not _TOPIC_LEVEL.fullmatch(value):
             raise ValueError("must be topic levels of [A-Za-z0-9._:-] separated by '/'")
         return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _addr_is_host_port(cls, value: str | None) -> str | None:
+        if value and not _LISTEN_ADDR.fullmatch(value):
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9108 or [::1]:9108")
+        return value or None
 
     @field_validator("share_group")
     @classmethod
@@ -135,6 +151,8 @@ class MqttEndpoint:
     tls: bool
     username: str | None
     password: str | None
+    #: False for a broker known to speak only MQTT 3.1.1 (the embedded amqtt broker).
+    mqtt5: bool = True
 
     def __repr__(self) -> str:
         who = f"{self.username}:***@" if self.username else ""

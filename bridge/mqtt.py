@@ -2,17 +2,31 @@
 
 Both the service and the reference device client connect through here, so TLS,
 credentials and MQTT 5 session settings are decided once.
+
+MQTT 5 is preferred. A broker that refuses it ("unsupported protocol version", as the
+embedded amqtt broker does) gets MQTT 3.1.1 instead: the session is then kept with
+``clean_session=False`` and replies carry no Correlation Data or Message Expiry, which
+the protocol's request id makes up for (see README, "Embedded broker").
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.config import MqttEndpoint
+
+log = logging.getLogger("bridge.mqtt")
+
+#: Every broker failure aiomqtt raises, for modules that must not import aiomqtt.
+MqttError = aiomqtt.MqttError
 
 #: How long the broker keeps the bridge's session (subscriptions, queued requests) while
 #: it is away: a day covers a restart, a deploy or a long outage.
@@ -26,12 +40,27 @@ def client(
     persistent: bool,
     max_inflight: int = 20,
     ca_file: str | None = None,
+    mqtt5: bool = True,
 ) -> aiomqtt.Client:
-    """An MQTT 5 client; ``persistent`` keeps the session across disconnects."""
-    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    if persistent:
-        properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+    """An MQTT 5 (or 3.1.1) client; ``persistent`` keeps the session across disconnects."""
     tls_context = ssl.create_default_context(cafile=ca_file) if endpoint.tls else None
+    if not mqtt5:
+        return aiomqtt.Client(
+            endpoint.host,
+            endpoint.port,
+            username=endpoint.username,
+            password=endpoint.password,
+            identifier=client_id,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=not persistent,
+            tls_context=tls_context,
+            max_inflight_messages=max_inflight,
+            timeout=10,
+        )
+    properties = None
+    if persistent:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
     return aiomqtt.Client(
         endpoint.host,
         endpoint.port,
@@ -45,6 +74,58 @@ def client(
         max_inflight_messages=max_inflight,
         timeout=10,
     )
+
+
+@dataclass(frozen=True)
+class Link:
+    """A connected client and the protocol version the broker accepted."""
+
+    client: aiomqtt.Client
+    mqtt5: bool
+
+
+#: CONNACK reason: 0x84 in MQTT 5, which paho also reports for a 3.1.1 broker's code 1.
+_UNSUPPORTED_PROTOCOL = 0x84
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    endpoint: MqttEndpoint,
+    client_id: str,
+    *,
+    persistent: bool,
+    max_inflight: int = 20,
+    ca_file: str | None = None,
+) -> AsyncIterator[Link]:
+    """Connect with MQTT 5, or with 3.1.1 when the broker refuses MQTT 5.
+
+    The refusal is only recognised when it comes: amqtt misreads an MQTT 5 CONNECT that
+    carries properties (a persistent session's expiry) and waits for bytes that never
+    come. Hence ``endpoint.mqtt5`` for a broker known to be 3.1.1-only (the embedded
+    one), and a property-less CONNECT for everything that is not persistent.
+    """
+
+    def made(mqtt5: bool) -> aiomqtt.Client:
+        return client(
+            endpoint,
+            client_id,
+            persistent=persistent,
+            max_inflight=max_inflight,
+            ca_file=ca_file,
+            mqtt5=mqtt5,
+        )
+
+    async with contextlib.AsyncExitStack() as stack:
+        mqtt5 = endpoint.mqtt5
+        try:
+            c = await stack.enter_async_context(made(mqtt5))
+        except aiomqtt.MqttCodeError as exc:
+            if not mqtt5 or exc.rc != _UNSUPPORTED_PROTOCOL:
+                raise
+            log.debug("broker refused MQTT 5; using MQTT 3.1.1", extra={"event": "mqtt311"})
+            mqtt5 = False
+            c = await stack.enter_async_context(made(mqtt5))
+        yield Link(c, mqtt5)
 
 
 def reply_properties(expiry_seconds: int, correlation_data: bytes | None) -> Properties:

@@ -12,9 +12,10 @@ import logging
 import signal
 from collections.abc import Iterator
 
-from bridge import embedded, keys
+from bridge import embedded, health, keys
 from bridge.config import Settings
 from bridge.errors import ConfigError, Unavailable
+from bridge.metrics import Metrics
 from bridge.provisioner import Provisioner
 from bridge.service import BridgeService
 from bridge.store import Store
@@ -29,30 +30,63 @@ async def serve(
     stop: asyncio.Event | None = None,
     *,
     ready: asyncio.Event | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
     """Run the bridge until ``stop`` is set or a SIGTERM/SIGINT arrives.
 
-    ``ready`` is set while the bridge is subscribed and serving.
+    ``ready`` is set while the bridge is subscribed and serving; ``metrics`` (a fresh
+    registry by default) is what ``/metrics`` shows when ``BRIDGE_METRICS_ADDR`` is set.
     """
     secret = settings.server_secret()  # refuse to start without one, before anything else
     stop = stop or asyncio.Event()
+    metrics = metrics or Metrics()
+    # The embedded database starts silently, before the broker opens its port (so a
+    # client that sees the port finds the database up too); the broker's choice
+    # (configured, mosquitto or the in-process amqtt) is the first line logged.
     dsn = embedded.database_url(settings)
-    with embedded.broker(settings) as endpoint:
-        async with Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store:
-            await _check_schema(store, migrate=embedded.is_embedded_database(settings))
-            provisioner = Provisioner(
-                store,
-                keys.KeyHasher(secret),
-                keys.ReplayCipher(secret),
-                grace_seconds=settings.grace_seconds,
-                retry_after=settings.retry_after_seconds,
-            )
-            service = BridgeService(settings, endpoint, provisioner, ready=ready)
+    async with (
+        embedded.broker(settings) as endpoint,
+        Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store,
+    ):
+        await _check_schema(store, migrate=embedded.is_embedded_database(settings))
+        metrics.watch_pool(store.pool_stats)
+        provisioner = Provisioner(
+            store,
+            keys.KeyHasher(secret),
+            keys.ReplayCipher(secret),
+            grace_seconds=settings.grace_seconds,
+            retry_after=settings.retry_after_seconds,
+        )
+        service = BridgeService(settings, endpoint, provisioner, ready=ready, metrics=metrics)
+        probe = _readiness(service, store, metrics)
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.metrics_addr:
+                await stack.enter_async_context(
+                    health.listening(settings.metrics_addr, metrics, probe)
+                )
             with _signals_set(stop):
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(_purge_replies(store, stop), name="bridge-purge")
                     await service.run(stop)
     log.info("stopped", extra={"event": "stopped"})
+
+
+#: A readiness probe waits this long for the database before calling it unreachable.
+PING_TIMEOUT_SECONDS = 2.0
+
+
+def _readiness(service: BridgeService, store: Store, metrics: Metrics) -> health.ReadinessProbe:
+    async def probe() -> health.Readiness:
+        try:
+            async with asyncio.timeout(PING_TIMEOUT_SECONDS):
+                await store.ping()
+            database = True
+        except (Unavailable, TimeoutError):
+            metrics.db_errors.inc()
+            database = False
+        return health.Readiness(broker=service.ready.is_set(), database=database)
+
+    return probe
 
 
 async def _check_schema(store: Store, *, migrate: bool) -> None:

@@ -21,6 +21,7 @@ import aiomqtt
 
 from bridge import mqtt, protocol
 from bridge.config import MqttEndpoint, Settings
+from bridge.metrics import Metrics
 from bridge.provisioner import Provisioner
 
 log = logging.getLogger("bridge.service")
@@ -46,6 +47,7 @@ class BridgeService:
         *,
         drain_seconds: float = 5.0,
         ready: asyncio.Event | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._endpoint = endpoint
@@ -54,6 +56,8 @@ class BridgeService:
         self._prefix = settings.topic_prefix
         self.ready = ready or asyncio.Event()  # set while subscribed and serving
         self.reconnects = 0
+        self.metrics = metrics or Metrics()
+        self._mqtt5 = True  # what the broker accepted on the current connection
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve, reconnect on broker loss; return once ``stop`` is set."""
@@ -61,18 +65,21 @@ class BridgeService:
         while not stop.is_set():
             lost: aiomqtt.MqttError | None = None
             try:
-                async with self._client() as client:
+                async with self._connect() as link:
+                    client, self._mqtt5 = link.client, link.mqtt5
                     await client.subscribe(
                         protocol.subscription(self._prefix, self._settings.share_group), qos=1
                     )
                     attempt = 0
                     self.ready.set()
+                    self.metrics.broker_connected.set(1)
                     log.info(
                         "subscribed",
                         extra={
                             "event": "subscribed",
                             "broker": repr(self._endpoint),
                             "client_id": self._settings.mqtt_client_id,
+                            "mqtt": "5" if link.mqtt5 else "3.1.1",
                         },
                     )
                     await self._serve(client, stop)
@@ -80,10 +87,12 @@ class BridgeService:
                 lost = group.exceptions[0]  # type: ignore[assignment]
             finally:
                 self.ready.clear()
+                self.metrics.broker_connected.set(0)
             if lost is not None and not stop.is_set():
                 delay = backoff_delay(attempt)
                 attempt += 1
                 self.reconnects += 1
+                self.metrics.broker_reconnects.inc()
                 log.warning(
                     "broker connection lost; reconnecting",
                     extra={"event": "reconnect", "error": str(lost), "retry_in": round(delay, 2)},
@@ -91,8 +100,8 @@ class BridgeService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
 
-    def _client(self) -> aiomqtt.Client:
-        return mqtt.client(
+    def _connect(self) -> contextlib.AbstractAsyncContextManager[mqtt.Link]:
+        return mqtt.connect(
             self._endpoint,
             self._settings.mqtt_client_id,
             persistent=True,
@@ -130,7 +139,8 @@ class BridgeService:
         while True:
             message = await queue.get()
             try:
-                await self._handle(client, message)
+                with self.metrics.in_flight.track_inprogress():
+                    await self._handle(client, message)
             finally:
                 queue.task_done()
 
@@ -142,6 +152,7 @@ class BridgeService:
         if client_id is None:
             # No safe topic to answer on: never reply, only record it.
             await self._provisioner.reject_topic(topic, payload)
+            self.metrics.unanswered.inc()
             log.warning(
                 "request on a topic without a valid client id; not answered",
                 extra={"event": "bad_topic", "topic": topic[:200]},
@@ -153,10 +164,15 @@ class BridgeService:
             reply.payload,
             qos=1,
             retain=False,
+            # MQTT 3.1.1 (the embedded broker) has no properties; the request id correlates.
             properties=mqtt.reply_properties(
                 self._settings.reply_expiry_seconds, mqtt.correlation_data(message)
-            ),
+            )
+            if self._mqtt5
+            else None,
         )
+        elapsed = time.perf_counter() - started
+        self.metrics.answered(reply.code, elapsed)
         log.info(
             "activation",
             extra={
@@ -165,6 +181,6 @@ class BridgeService:
                 "request_id": reply.request_id,
                 "identifier": reply.identifier,
                 "outcome": reply.code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": round(elapsed * 1000, 2),
             },
         )

@@ -162,6 +162,10 @@ class Store:
         async with _reachable():
             await self._pool.fetchval("SELECT 1")
 
+    def pool_stats(self) -> tuple[int, int, int]:
+        """(connections open, connections idle, maximum) of the pool, for metrics."""
+        return self._pool.get_size(), self._pool.get_idle_size(), self._pool.get_max_size()
+
     # -- models -----------------------------------------------------------------
 
     async def add_model(

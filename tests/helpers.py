@@ -8,6 +8,7 @@ from typing import Any
 
 from bridge.client import ActivationResult, activate_device
 from bridge.config import Settings, parse_mqtt_url
+from bridge.metrics import Metrics
 from bridge.runtime import serve
 
 
@@ -23,9 +24,11 @@ class RunningBridge:
         await asyncio.wait_for(self.task, timeout=15)
 
 
-async def start_bridge(settings: Settings) -> RunningBridge:
+async def start_bridge(settings: Settings, metrics: Metrics | None = None) -> RunningBridge:
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop, ready=ready), name="test-bridge")
+    task = asyncio.create_task(
+        serve(settings, stop, ready=ready, metrics=metrics), name="test-bridge"
+    )
     waiter = asyncio.create_task(ready.wait())
     done, _ = await asyncio.wait({task, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
