@@ -16,6 +16,7 @@ from bridge import embedded, keys
 from bridge.config import Settings
 from bridge.errors import ConfigError, Unavailable
 from bridge.provisioner import Provisioner
+from bridge.records import RateLimit
 from bridge.service import BridgeService
 from bridge.store import Store
 
@@ -42,15 +43,19 @@ async def serve(
             await _check_schema(store, migrate=embedded.is_embedded_database(settings))
             provisioner = Provisioner(
                 store,
-                keys.KeyHasher(secret),
-                keys.ReplayCipher(secret),
+                keys.KeyHasher(secret, settings.previous_server_secrets()),
+                keys.ReplayCipher(secret, settings.previous_server_secrets()),
                 grace_seconds=settings.grace_seconds,
                 retry_after=settings.retry_after_seconds,
+                limit=RateLimit(settings.rate_limit_failures, settings.rate_limit_window_seconds),
             )
             service = BridgeService(settings, endpoint, provisioner, ready=ready)
             with _signals_set(stop):
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(_purge_replies(store, stop), name="bridge-purge")
+                    tg.create_task(
+                        _purge(store, stop, settings.rate_limit_window_seconds),
+                        name="bridge-purge",
+                    )
                     await service.run(stop)
     log.info("stopped", extra={"event": "stopped"})
 
@@ -74,7 +79,7 @@ async def _check_schema(store: Store, *, migrate: bool) -> None:
         )
 
 
-async def _purge_replies(store: Store, stop: asyncio.Event) -> None:
+async def _purge(store: Store, stop: asyncio.Event, window_seconds: int) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=PURGE_EVERY_SECONDS)
@@ -82,6 +87,7 @@ async def _purge_replies(store: Store, stop: asyncio.Event) -> None:
             return
         try:
             purged = await store.purge_replies()
+            await store.purge_attempts(window_seconds)
         except Unavailable:
             continue
         if purged:
