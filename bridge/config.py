@@ -186,6 +186,7 @@ class MqttEndpoint:
     tls: bool
     username: str | None
     password: str | None
+    ca_file: str | None = None  # CA bundle that signs the broker's certificate (mqtts)
 
     def __repr__(self) -> str:
         who = f"{self.username}:***@" if self.username else ""

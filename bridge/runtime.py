@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from bridge import embedded, keys
 from bridge.config import Settings
+from bridge.dynsec import DynSec
 from bridge.errors import ConfigError, Unavailable
 from bridge.provisioner import Provisioner
 from bridge.records import RateLimit
@@ -38,8 +39,11 @@ async def serve(
     secret = settings.server_secret()  # refuse to start without one, before anything else
     stop = stop or asyncio.Event()
     dsn = embedded.database_url(settings)
-    with embedded.broker(settings) as endpoint:
-        async with Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store:
+    with embedded.broker(settings) as access:
+        async with (
+            Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store,
+            _device_logins(settings, access) as accounts,
+        ):
             await _check_schema(store, migrate=embedded.is_embedded_database(settings))
             provisioner = Provisioner(
                 store,
@@ -48,8 +52,9 @@ async def serve(
                 grace_seconds=settings.grace_seconds,
                 retry_after=settings.retry_after_seconds,
                 limit=RateLimit(settings.rate_limit_failures, settings.rate_limit_window_seconds),
+                accounts=accounts,
             )
-            service = BridgeService(settings, endpoint, provisioner, ready=ready)
+            service = BridgeService(settings, access.endpoint, provisioner, ready=ready)
             with _signals_set(stop):
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(
@@ -58,6 +63,22 @@ async def serve(
                     )
                     await service.run(stop)
     log.info("stopped", extra={"event": "stopped"})
+
+
+@contextlib.asynccontextmanager
+async def _device_logins(
+    settings: Settings, access: embedded.BrokerAccess
+) -> AsyncIterator[DynSec | None]:
+    """The dynamic-security admin connection, when devices get broker logins."""
+    if access.admin is None:
+        yield None
+        return
+    async with DynSec(
+        access.admin,
+        client_id=f"{settings.mqtt_client_id}-dynsec"[:128],
+        topics=settings.device_topics,
+    ) as dynsec:
+        yield dynsec
 
 
 async def _check_schema(store: Store, *, migrate: bool) -> None:
