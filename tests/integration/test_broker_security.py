@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
 from bridge import brokerconf, mqtt, protocol
@@ -138,9 +139,9 @@ async def _collect(client: aiomqtt.Client, into: list[aiomqtt.Message]) -> None:
         into.append(message)
 
 
-def _granted(result: object) -> list[bool]:
-    codes = result if isinstance(result, (list, tuple)) else [result]
-    return [int(getattr(code, "value", code)) < 0x80 for code in codes]
+def _granted(result: tuple[int, ...] | list[ReasonCode]) -> list[bool]:
+    """Per topic of a SUBACK: granted (a QoS) or refused (a reason code of 0x80 or more)."""
+    return [(code.value if isinstance(code, ReasonCode) else code) < 0x80 for code in result]
 
 
 async def test_one_device_cannot_read_or_forge_another_devices_activation(
