@@ -25,7 +25,7 @@ import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
-from bridge import brokerconf, mqtt, protocol
+from bridge import brokerconf, cli, mqtt, protocol
 from bridge.admin import Admin
 from bridge.config import MqttEndpoint, Settings
 from bridge.dynsec import DynSec
@@ -285,3 +285,30 @@ def test_rendered_acl_keeps_the_shipped_rules() -> None:
     assert "pattern read x/provision/reply/%c" in rendered
     assert "topic write x/provision/reply/+" in rendered
     assert json.loads(json.dumps(brokerconf.dynsec_config("u", "p")))["clients"][0]["username"]
+
+
+async def test_the_reference_client_activates_over_mqtts_with_a_ca_file(
+    admin: Admin,
+    secure_broker: SecureBroker,
+    secure_bridge: RunningBridge,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await _two_claimed(admin)
+    argv = [
+        "activate",
+        "--mqtt-url",
+        f"mqtts://127.0.0.1:{secure_broker.tls_port}",
+        "--mqtt-ca-file",
+        str(secure_broker.ca_file),
+        "--topic-prefix",
+        secure_broker.prefix,
+        "--vendor",
+        "acme",
+        "--model",
+        "thermo-1",
+        "--identifier",
+        MAC_A,
+        "--seal",
+    ]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    assert capsys.readouterr().out.startswith("ok: acme/thermo-1 001A2B3C4D5E")
