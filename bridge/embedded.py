@@ -116,6 +116,25 @@ def _access(endpoint: MqttEndpoint, creds: dict[str, str], dynsec: bool) -> Brok
     return BrokerAccess(mine, admin if dynsec else None)
 
 
+def _existing_access(workdir: Path, endpoint: MqttEndpoint) -> BrokerAccess:
+    creds_file = workdir / "bridge-credentials.json"
+    if not creds_file.is_file():
+        return BrokerAccess(endpoint, None)
+    creds = json.loads(creds_file.read_text())
+    return _access(endpoint, creds, (workdir / "dynamic-security.json").is_file())
+
+
+def admin_endpoint(settings: Settings) -> MqttEndpoint | None:
+    """The dynamic-security admin login, for commands other than ``serve`` (revoke, release).
+
+    None when devices get no broker logins (BRIDGE_DYNSEC off, or no embedded broker yet).
+    """
+    if settings.mqtt_url is not None:
+        return configured_access(settings).admin
+    endpoint = parse_mqtt_url(EMBEDDED_MQTT_URL)
+    return _existing_access(settings.state_dir / "mosquitto", endpoint).admin
+
+
 def _provision(settings: Settings, workdir: Path, port: int) -> tuple[Path, BrokerAccess]:
     """Write the rendered configuration and credential files; returns the conf path."""
     creds, fresh = _credentials(workdir)
@@ -163,12 +182,7 @@ def broker(settings: Settings) -> Iterator[BrokerAccess]:
     if _listening(endpoint.host, endpoint.port):
         log.info("using the broker already listening on %s:%s", endpoint.host, endpoint.port)
         # An earlier `serve` started it with our configuration: use its logins.
-        creds_file = workdir / "bridge-credentials.json"
-        if creds_file.is_file():
-            creds = json.loads(creds_file.read_text())
-            yield _access(endpoint, creds, (workdir / "dynamic-security.json").is_file())
-        else:
-            yield BrokerAccess(endpoint, None)
+        yield _existing_access(workdir, endpoint)
         return
     binary = shutil.which("mosquitto")
     if binary is None:

@@ -60,6 +60,8 @@ class DeviceAccounts(Protocol):
 
     async def upsert_device(self, client_id: str, key: str) -> None: ...
 
+    async def disable_device(self, client_id: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -209,7 +211,7 @@ class Provisioner:
         if outcome.code == "rate_limited":
             return _rate_limited(rid, outcome.retry_after or 1, canonical)
         if outcome.code == "ok" and outcome.replay is None:
-            await self._open_broker_account(client_id, key)
+            await self._open_broker_account(client_id, key, outcome.replaced_client_id)
         if outcome.code == "ok":
             if outcome.replay is not None:
                 replayed = self._cipher.decrypt(outcome.replay, aad)
@@ -251,13 +253,17 @@ class Provisioner:
         body = protocol.error_reply(audit.request_id, exc.code, exc.message)
         return Reply(body, exc.code, audit.request_id)
 
-    async def _open_broker_account(self, client_id: str, key: str) -> None:
+    async def _open_broker_account(
+        self, client_id: str, key: str, replaced_client_id: str | None
+    ) -> None:
         # The key is committed: the device must get its reply even when the broker
         # cannot be told about it now. It is logged, and a re-enable repairs it.
         if self._accounts is None:
             return
         try:
             await self._accounts.upsert_device(client_id, key)
+            if replaced_client_id is not None:  # the old key's login must not stay open
+                await self._accounts.disable_device(replaced_client_id)
         except BridgeError as exc:
             log.error(  # noqa: TRY400 (one line, no traceback: the cause is in `error`)
                 "broker login not created for an activated device",

@@ -23,6 +23,7 @@ class ActivationOutcome:
     replay: bytes | None
     window_ends_at: datetime | None
     retry_after: int | None = None  # set with code "rate_limited"
+    replaced_client_id: str | None = None  # a new key replaced the one this client held
 
 
 @dataclass(frozen=True)

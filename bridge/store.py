@@ -253,7 +253,11 @@ class Store:
             )
         assert row is not None  # the function always returns one row
         return ActivationOutcome(
-            row["code"], row["replay"], row["window_ends_at"], row["retry_after"]
+            row["code"],
+            row["replay"],
+            row["window_ends_at"],
+            row["retry_after"],
+            row["replaced_client_id"],
         )
 
     async def refuse(self, entry: AuditEntry, limit: RateLimit) -> int | None:
@@ -404,6 +408,16 @@ class Store:
                 identifier,
             )
         return StoredKey(**dict(row)) if row is not None else None
+
+    async def login_of(self, model: ModelRow, identifier: str) -> str | None:
+        """The client id whose broker login holds the device's key (None: never activated)."""
+        async with _reachable():
+            client_id: str | None = await self._pool.fetchval(
+                "SELECT client_id FROM devices WHERE model_id = $1 AND identifier = $2",
+                model.id,
+                identifier,
+            )
+        return client_id
 
     async def lookalikes(self, model: ModelRow, key: str, limit: int = 5) -> list[str]:
         """Approved identifiers whose folded form equals ``key`` (an index probe)."""

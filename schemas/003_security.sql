@@ -1,6 +1,10 @@
 -- 003: throttling guessers. Failed activations are counted per client id and per
 -- identifier in the database, so the limit holds across bridge replicas and restarts.
 
+-- The client id that activated the device: the username of its broker login (when the
+-- bridge gives devices logins), so that revoke and release can disable that login.
+ALTER TABLE devices ADD COLUMN client_id text;
+
 -- One fixed window per (scope, subject): `failures` attempts that did not succeed since
 -- `window_start`. Rows of closed windows are purged by the bridge's housekeeping.
 CREATE TABLE attempt_counters (
@@ -51,10 +55,12 @@ CREATE FUNCTION bridge_activate_limited(
     p_grace       integer,
     p_limit       integer,
     p_window      integer
-) RETURNS TABLE (code text, replay bytea, window_ends_at timestamptz, retry_after integer)
+) RETURNS TABLE (code text, replay bytea, window_ends_at timestamptz, retry_after integer,
+              replaced_client_id text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_subject   text := p_model_id::text || '/' || p_identifier;
+    v_previous  text;
     v_failures  integer;
     v_retry     integer;
     v_limited   integer;
@@ -80,7 +86,8 @@ BEGIN
                     p_presented, p_identifier, 'rate_limited',
                     'too many failed attempts for this ' || v_scope
                FROM models m WHERE m.id = p_model_id;
-        RETURN QUERY SELECT 'rate_limited'::text, NULL::bytea, NULL::timestamptz, v_limited;
+        RETURN QUERY SELECT 'rate_limited'::text, NULL::bytea, NULL::timestamptz, v_limited,
+                            NULL::text;
         RETURN;
     END IF;
     SELECT a.code, a.replay, a.window_ends_at INTO r
@@ -90,7 +97,17 @@ BEGIN
         UPDATE attempt_counters c SET failures = c.failures - 1
          WHERE (c.scope, c.subject) IN (('client', p_client_id), ('identifier', v_subject));
     END IF;
-    RETURN QUERY SELECT r.code, r.replay, r.window_ends_at, NULL::integer;
+    IF r.code = 'ok' AND r.replay IS NULL THEN
+        -- A new key: remember who holds it, and hand back who held the previous one
+        -- (a re-activation from another client id), whose broker login must close.
+        -- The device row is still locked by bridge_activate in this transaction.
+        SELECT d.client_id INTO v_previous FROM devices d
+         WHERE d.model_id = p_model_id AND d.identifier = p_identifier;
+        UPDATE devices d SET client_id = p_client_id
+         WHERE d.model_id = p_model_id AND d.identifier = p_identifier;
+    END IF;
+    RETURN QUERY SELECT r.code, r.replay, r.window_ends_at, NULL::integer,
+                        NULLIF(v_previous, p_client_id);
 END $$;
 
 -- A refusal decided before the database (unknown model, invalid identifier): counted

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
+import asyncpg
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
@@ -312,3 +313,37 @@ async def test_the_reference_client_activates_over_mqtts_with_a_ca_file(
     ]
     assert await asyncio.to_thread(cli.main, argv) == 0
     assert capsys.readouterr().out.startswith("ok: acme/thermo-1 001A2B3C4D5E")
+
+
+async def test_a_new_activation_from_another_client_closes_the_old_login(
+    admin: Admin,
+    secure_broker: SecureBroker,
+    device_settings: Settings,
+    secure_bridge: RunningBridge,
+    database_url: str,
+) -> None:
+    await _two_claimed(admin)
+    first = await activate(device_settings, MAC_A, client_id="dev-r1")
+    assert first.ok and first.key
+    # What re-enable does to the row: an open window for a new activation.
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE devices SET state = 'claimed', window_ends_at = now() + interval '1 hour'"
+            " WHERE identifier = '001A2B3C4D5E'"
+        )
+    finally:
+        await conn.close()
+    second = await activate(device_settings, MAC_A, client_id="dev-r2")
+    assert second.ok and second.key and second.key != first.key
+    with pytest.raises(aiomqtt.MqttError):
+        async with mqtt.client(
+            secure_broker.endpoint("dev-r1", first.key), "dev-r1", persistent=False
+        ):
+            pass
+    async with mqtt.client(
+        secure_broker.endpoint("dev-r2", second.key), "dev-r2", persistent=False
+    ):
+        pass
+    model = await admin.model("acme", "thermo-1")
+    assert await admin.store.login_of(model, "001A2B3C4D5E") == "dev-r2"
