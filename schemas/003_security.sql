@@ -16,6 +16,13 @@ CREATE TABLE attempt_counters (
 );
 CREATE INDEX attempt_counters_window ON attempt_counters (window_start);
 
+-- Seconds left in a window that started at p_start (at least 1: "retry now" is never said).
+CREATE FUNCTION bridge_retry_after(p_start timestamptz, p_window integer) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(1, ceil(extract(epoch FROM
+        p_start + make_interval(secs => p_window) - now()))::integer)
+$$;
+
 -- Count one attempt against (scope, subject) and return the new count and the seconds
 -- left in its window. The upsert locks the counter row until the transaction ends, so
 -- concurrent attempts of one client are counted one after another: no burst slips
@@ -34,13 +41,12 @@ BEGIN
             window_start = CASE WHEN c.window_start + make_interval(secs => p_window) <= now()
                                 THEN now() ELSE c.window_start END
     RETURNING c.failures, c.window_start INTO failures, v_start;
-    retry_after := greatest(1, ceil(extract(epoch FROM
-        v_start + make_interval(secs => p_window) - now()))::integer);
+    retry_after := bridge_retry_after(v_start, p_window);
 END $$;
 
--- Activation with throttling, in the same single round trip: the attempt is counted
--- against the client id, then against the identifier, before bridge_activate (001)
--- decides; a success takes its counts back, so only failures remain counted. Past the
+-- Activation with throttling, in the same single round trip: a client id or identifier
+-- already past the limit is answered at once; otherwise the attempt is counted against
+-- the client id, then against the identifier, before bridge_activate (001) decides; a success takes its counts back, so only failures remain counted. Past the
 -- limit the answer is 'rate_limited' with retry_after, and the decision is not taken.
 -- Wrapping (rather than replacing) bridge_activate keeps its decision in one place.
 CREATE FUNCTION bridge_activate_limited(
@@ -67,16 +73,29 @@ DECLARE
     v_scope     text;
     r           record;
 BEGIN
-    SELECT * INTO v_failures, v_retry FROM bridge_count_attempt('client', p_client_id, p_window);
-    IF v_failures > p_limit THEN
-        v_limited := v_retry;
-        v_scope := 'client id';
-    ELSE
+    -- Already past the limit: answer without waiting for the counter's row lock, so a
+    -- flood from one client (or on one number) cannot tie up the bridge's connections.
+    SELECT bridge_retry_after(c.window_start, p_window),
+           CASE c.scope WHEN 'client' THEN 'client id' ELSE 'identifier' END
+      INTO v_limited, v_scope
+      FROM attempt_counters c
+     WHERE (c.scope, c.subject) IN (('client', p_client_id), ('identifier', v_subject))
+       AND c.failures >= p_limit
+       AND c.window_start + make_interval(secs => p_window) > now()
+     ORDER BY 1 DESC LIMIT 1;
+    IF v_limited IS NULL THEN
         SELECT * INTO v_failures, v_retry
-          FROM bridge_count_attempt('identifier', v_subject, p_window);
+          FROM bridge_count_attempt('client', p_client_id, p_window);
         IF v_failures > p_limit THEN
             v_limited := v_retry;
-            v_scope := 'identifier';
+            v_scope := 'client id';
+        ELSE
+            SELECT * INTO v_failures, v_retry
+              FROM bridge_count_attempt('identifier', v_subject, p_window);
+            IF v_failures > p_limit THEN
+                v_limited := v_retry;
+                v_scope := 'identifier';
+            END IF;
         END IF;
     END IF;
     IF v_limited IS NOT NULL THEN
@@ -133,9 +152,16 @@ DECLARE
     v_left      integer;
     v_retry     integer;
 BEGIN
-    SELECT * INTO v_failures, v_left FROM bridge_count_attempt('client', p_client_id, p_window);
-    IF v_failures > p_limit THEN
-        v_retry := v_left;
+    SELECT bridge_retry_after(c.window_start, p_window) INTO v_retry
+      FROM attempt_counters c
+     WHERE c.scope = 'client' AND c.subject = p_client_id AND c.failures >= p_limit
+       AND c.window_start + make_interval(secs => p_window) > now();
+    IF v_retry IS NULL THEN
+        SELECT * INTO v_failures, v_left
+          FROM bridge_count_attempt('client', p_client_id, p_window);
+        IF v_failures > p_limit THEN
+            v_retry := v_left;
+        END IF;
     END IF;
     INSERT INTO audit_log (action, code, actor, client_id, request_id, vendor, model,
                            identifier_presented, identifier, detail)

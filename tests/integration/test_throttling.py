@@ -143,3 +143,28 @@ async def test_one_identifier_guessed_from_many_clients_is_throttled_alone(
         await running.halt()
     assert codes == ["not_approved"] * 3 + ["rate_limited"] * 2
     assert legit.ok, legit.reply
+
+
+async def test_the_window_closes_and_its_counters_are_purged(
+    admin: Admin, settings: Settings
+) -> None:
+    await _claimed_model(admin)
+    settings = settings.model_copy(
+        update={"rate_limit_failures": 2, "rate_limit_window_seconds": 1}
+    )
+    running = await start_bridge(settings)
+    try:
+        codes = []
+        for n in range(3):
+            reply = await raw_exchange(
+                settings, _request(n, f"02:00:00:00:00:{n:02X}"), client_id="w"
+            )
+            codes.append((reply["code"], reply.get("retry_after")))
+        await asyncio.sleep(1.2)
+        after = await raw_exchange(settings, _request(7, "02:00:00:00:00:07"), client_id="w")
+    finally:
+        await running.halt()
+    assert codes == [("not_approved", None), ("not_approved", None), ("rate_limited", 1)]
+    assert after["code"] == "not_approved"  # a new window
+    await asyncio.sleep(1.1)
+    assert await admin.store.purge_attempts(1) >= 2  # the client's row and the identifiers'
