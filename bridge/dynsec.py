@@ -25,7 +25,8 @@ import aiomqtt
 
 from bridge import mqtt
 from bridge.brokerconf import DEFAULT_ACL_ACCESS
-from bridge.config import MqttEndpoint
+from bridge.config import MqttEndpoint, Settings
+from bridge.embedded import admin_endpoint
 from bridge.errors import BrokerAdminError
 
 log = logging.getLogger("bridge.dynsec")
@@ -200,3 +201,19 @@ class DynSec:
                 return [r if isinstance(r, dict) else {} for r in responses]
             # An answer to a call that timed out earlier: not ours, skip it.
         raise aiomqtt.MqttError("the broker closed the connection")
+
+
+async def disable_device_login(settings: Settings, client_id: str | None) -> bool:
+    """Disable a device's broker login, if devices get logins; what revoke and release call.
+
+    Call it after the database commit, with the client id the device activated from
+    (``Store.login_of``). Returns whether a broker was told; raises
+    :class:`BrokerAdminError` when it could not be.
+    """
+    endpoint = admin_endpoint(settings)
+    if endpoint is None or client_id is None:
+        return False
+    name = f"{settings.mqtt_client_id}-admin-{secrets.token_hex(3)}"[:128]
+    async with DynSec(endpoint, client_id=name, topics=settings.device_topics) as dynsec:
+        await dynsec.disable_device(client_id)
+    return True

@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from bridge import brokerconf, cli, mqtt, protocol
 from bridge.admin import Admin
 from bridge.config import MqttEndpoint, Settings
-from bridge.dynsec import DynSec
+from bridge.dynsec import DynSec, disable_device_login
 from tests.certs import make_tls_files
 from tests.helpers import RunningBridge, activate, start_bridge
 from tests.services import free_port, wait_for_port
@@ -258,6 +258,11 @@ async def test_an_issued_key_opens_the_broker_for_the_devices_own_topics_only(
         ):
             pass
         await dynsec.disable_device("never-activated")  # nothing to disable: no error
+    # The one-call form revoke and release use, from the bridge's settings.
+    assert await disable_device_login(secure_settings, "dev-b")
+    with pytest.raises(aiomqtt.MqttError):
+        async with mqtt.client(secure_broker.endpoint("dev-b", b.key), "dev-b", persistent=False):
+            pass
 
 
 async def test_a_broker_that_refuses_the_login_change_does_not_cost_the_reply(
