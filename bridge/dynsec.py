@@ -8,7 +8,9 @@ enables it again with the new key, so the old key stops opening the broker.
 
 The bridge speaks to the plugin as its admin user, on ``$CONTROL/dynamic-security/v1``,
 over one connection opened on first use and reopened after a failure. Commands of one
-call travel in one message and are answered in one message; calls are serialized.
+call travel in one message and are answered in one message; calls are serialized. After
+a failure (no answer, connection refused) calls fail at once for a cool-down, so a broken
+plugin costs activations their broker login (logged), never their reply or a long wait.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from types import TracebackType
 from typing import Any, Self
 
@@ -55,11 +58,14 @@ class DynSec:
         client_id: str,
         topics: str = "devices/{client_id}/#",
         timeout: float = 5.0,
+        cooldown: float = 30.0,
     ) -> None:
         self._endpoint = endpoint
         self._client_id = client_id
         self._topics = topics
         self._timeout = timeout
+        self._cooldown = cooldown
+        self._down_until = 0.0  # after a failure, fail fast until then
         self._lock = asyncio.Lock()
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: aiomqtt.Client | None = None
@@ -135,6 +141,14 @@ class DynSec:
             command["correlationData"] = f"{tag}:{n}"
         payload = json.dumps({"commands": commands}).encode()
         async with self._lock:
+            # While the broker is known to be failing, do not make every activation wait
+            # out a timeout in turn: fail at once (the caller logs it) and retry later.
+            wait = self._down_until - time.monotonic()
+            if wait > 0:
+                raise BrokerAdminError(
+                    "The broker's dynamic-security plugin failed recently; "
+                    f"not trying again for {wait:.0f} s."
+                )
             try:
                 async with asyncio.timeout(self._timeout):
                     client = await self._connected()
@@ -142,6 +156,7 @@ class DynSec:
                     responses = await self._responses(client, tag)
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 await self.close()  # reconnect on the next call
+                self._down_until = time.monotonic() + self._cooldown
                 raise BrokerAdminError(
                     f"The broker's dynamic-security plugin did not answer ({exc or 'timeout'})."
                 ) from exc

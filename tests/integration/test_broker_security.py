@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,3 +353,25 @@ async def test_a_new_activation_from_another_client_closes_the_old_login(
         pass
     model = await admin.model("acme", "thermo-1")
     assert await admin.store.login_of(model, "001A2B3C4D5E") == "dev-r2"
+
+
+async def test_a_broker_without_the_plugin_costs_one_timeout_not_one_per_activation(
+    admin: Admin, settings: Settings
+) -> None:
+    """BRIDGE_DYNSEC on a broker that has no plugin: nobody answers on $CONTROL."""
+    await admin.add_model("acme", "thermo-1", kind="mac", claim_required=False)
+    macs = [f"02:00:00:00:00:{n:02X}" for n in range(4)]
+    await admin.approve("acme", "thermo-1", macs)
+    running = await start_bridge(settings.model_copy(update={"dynsec": True}))
+    try:
+        started = time.monotonic()
+        first = await activate(settings, macs[0], timeout=15)
+        first_took = time.monotonic() - started
+        started = time.monotonic()
+        rest = await asyncio.gather(*(activate(settings, mac) for mac in macs[1:]))
+        rest_took = time.monotonic() - started
+    finally:
+        await running.halt()
+    assert first.ok and all(r.ok for r in rest)
+    assert 4 < first_took < 10  # waited out the 5 s timeout once
+    assert rest_took < 2  # then failed fast during the cool-down
