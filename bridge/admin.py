@@ -20,10 +20,11 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from bridge import embedded, identifiers
+from bridge import embedded, identifiers, keys
 from bridge.config import Settings
 from bridge.errors import (
     ClaimedByOther,
+    ConfigError,
     Conflict,
     InvalidIdentifier,
     Malformed,
@@ -50,9 +51,12 @@ class ClaimResult:
 class Admin:
     """Administrative operations on one store."""
 
-    def __init__(self, store: Store, *, actor: str = "cli") -> None:
+    def __init__(
+        self, store: Store, *, actor: str = "cli", hasher: keys.KeyHasher | None = None
+    ) -> None:
         self._store = store
         self._actor = actor
+        self._hasher = hasher  # only verify_key needs the server secret
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -62,7 +66,7 @@ class Admin:
         async with Store.open(dsn, pool_size=2) as store:
             if embedded.is_embedded_database(settings):
                 await store.migrate()
-            yield cls(store, actor=actor)
+            yield cls(store, actor=actor, hasher=_hasher(settings))
 
     @property
     def store(self) -> Store:
@@ -171,6 +175,21 @@ class Admin:
             )
         return device
 
+    async def verify_key(self, vendor: str, model: str, number: str, key: str) -> bool:
+        """Whether ``key`` is the current key of an activated device (constant time).
+
+        False for a wrong key, a revoked or never-activated device, a number that is
+        not approved, and a key hashed under a secret no longer configured.
+        """
+        if self._hasher is None:
+            raise ConfigError("verifying a key needs the server secret: set BRIDGE_SECRET")
+        row = await self.model(vendor, model)
+        canonical = identifiers.normalize(row.kind, number, row.pattern)
+        stored = await self._store.stored_key(row, canonical)
+        if stored is None or stored.state != "activated":
+            return False
+        return self._hasher.verify(key, stored.key_hash, stored.key_id)
+
     async def _suggest(self, model: ModelRow, typed: str) -> str | None:
         """An approved identifier differing from ``typed`` only by look-alike characters."""
         key = identifiers.lookalike_key(model.kind, typed)
@@ -178,6 +197,14 @@ class Admin:
             if identifiers.suggestion_ok(typed, candidate):
                 return identifiers.display(model.kind, candidate)
         return None
+
+
+def _hasher(settings: Settings) -> keys.KeyHasher | None:
+    try:
+        secret = settings.server_secret()
+    except ConfigError:
+        return None  # the vendor/owner operations work without the secret
+    return keys.KeyHasher(secret, settings.previous_server_secrets())
 
 
 def _check_pattern(pattern: str) -> None:

@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         help="mqtt://user:pass@host:port or mqtts://… (env BRIDGE_MQTT_URL)",
     )
     broker.add_argument(
+        "--mqtt-ca-file",
+        metavar="FILE",
+        help="CA certificate(s) of the broker's TLS certificate (env BRIDGE_MQTT_CA_FILE)",
+    )
+    broker.add_argument(
         "--topic-prefix",
         metavar="PREFIX",
         help="topic prefix (env BRIDGE_TOPIC_PREFIX; default provision)",
@@ -235,6 +240,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "database_url",
         "state_dir",
         "mqtt_url",
+        "mqtt_ca_file",
         "topic_prefix",
         "share_group",
         "client_id",

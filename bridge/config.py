@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Server secret for keyed hashing of keys and encrypting replay data. "
         "Required by `serve` unless `--dev`; never a flag (it would show in `ps`).",
     )
+    previous_secrets: SecretStr | None = Field(
+        default=None,
+        description="Earlier server secrets, comma-separated: keys hashed and replies "
+        "stored under them still verify and decrypt after BRIDGE_SECRET is rotated.",
+    )
     dev: bool = Field(
         default=False,
         description="Allow the well-known development secret when `BRIDGE_SECRET` is unset.",
@@ -93,6 +98,38 @@ class Settings(BaseSettings):
         "`/readyz`, e.g. `127.0.0.1:9108`. Unset: no listener.",
     )
 
+    rate_limit_failures: int = Field(
+        default=10,
+        ge=1,
+        description="Failed activations allowed per client id and per identifier in one "
+        "window; past it, requests get `rate_limited`.",
+    )
+    rate_limit_window_seconds: int = Field(
+        default=60, ge=1, description="The window over which failed activations are counted."
+    )
+    mqtt_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate(s) that sign the broker's TLS certificate (mqtts://). "
+        "Unset: the system's trusted CAs.",
+    )
+    dynsec: bool = Field(
+        default=False,
+        description="Give each activated device a broker login (the Mosquitto "
+        "dynamic-security plugin): username = client id, password = its key.",
+    )
+    dynsec_username: str | None = Field(
+        default=None,
+        description="Dynamic-security admin user. Unset: the MQTT URL's user.",
+    )
+    dynsec_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the dynamic-security admin user. Unset: the MQTT URL's.",
+    )
+    device_topics: str = Field(
+        default="devices/{client_id}/#",
+        description="The topic filter a device's broker login may publish and subscribe to.",
+    )
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_plain(cls, value: str) -> str:
@@ -114,6 +151,13 @@ class Settings(BaseSettings):
             raise ValueError("must be 1..64 characters of [A-Za-z0-9._:-]")
         return value or None
 
+    @field_validator("device_topics")
+    @classmethod
+    def _topics_name_the_device(cls, value: str) -> str:
+        if "{client_id}" not in value or value.replace("{client_id}", "x").count("{"):
+            raise ValueError("must contain {client_id} and no other placeholder")
+        return value
+
     @property
     def mqtt_client_id(self) -> str:
         return self.client_id or f"bridge-{socket.gethostname()}"[:128]
@@ -129,6 +173,13 @@ class Settings(BaseSettings):
             "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`), "
             "or pass --dev to use the insecure development secret."
         )
+
+    def previous_server_secrets(self) -> list[bytes]:
+        """Earlier secrets still accepted for verification and replay (any order)."""
+        if self.previous_secrets is None:
+            return []
+        text = self.previous_secrets.get_secret_value()
+        return [part.strip().encode() for part in text.split(",") if part.strip()]
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -153,6 +204,7 @@ class MqttEndpoint:
     password: str | None
     #: False for a broker known to speak only MQTT 3.1.1 (the embedded amqtt broker).
     mqtt5: bool = True
+    ca_file: str | None = None  # CA bundle that signs the broker's certificate (mqtts)
 
     def __repr__(self) -> str:
         who = f"{self.username}:***@" if self.username else ""

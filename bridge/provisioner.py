@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bridge import identifiers, keys, protocol
-from bridge.errors import InvalidIdentifier, Malformed, RequestError, Unavailable, UnknownModel
-from bridge.records import ActivationOutcome, AuditEntry, ModelRow
+from bridge.errors import (
+    BridgeError,
+    InvalidIdentifier,
+    Malformed,
+    RequestError,
+    Unavailable,
+    UnknownModel,
+)
+from bridge.records import ActivationOutcome, AuditEntry, ModelRow, RateLimit
 
 log = logging.getLogger("bridge.provisioner")
 
@@ -40,9 +47,20 @@ class ActivationStore(Protocol):
         key_hash: bytes,
         reply: bytes,
         grace_seconds: int,
+        limit: RateLimit,
     ) -> ActivationOutcome: ...
 
+    async def refuse(self, entry: AuditEntry, limit: RateLimit) -> int | None: ...
+
     async def record(self, entry: AuditEntry) -> None: ...
+
+
+class DeviceAccounts(Protocol):
+    """Broker logins for activated devices (implemented by :class:`bridge.dynsec.DynSec`)."""
+
+    async def upsert_device(self, client_id: str, key: str) -> None: ...
+
+    async def disable_device(self, client_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -69,10 +87,14 @@ class Provisioner:
         *,
         grace_seconds: int = 600,
         retry_after: int = 5,
+        limit: RateLimit | None = None,
+        accounts: DeviceAccounts | None = None,
         model_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._limit = limit or RateLimit()
+        self._accounts = accounts
         self._hasher = hasher
         self._cipher = cipher
         self._grace = grace_seconds
@@ -184,7 +206,12 @@ class Provisioner:
             key_hash=self._hasher.hash(key),
             reply=self._cipher.encrypt(body, aad),
             grace_seconds=self._grace,
+            limit=self._limit,
         )
+        if outcome.code == "rate_limited":
+            return _rate_limited(rid, outcome.retry_after or 1, canonical)
+        if outcome.code == "ok" and outcome.replay is None:
+            await self._open_broker_account(client_id, key, outcome.replaced_client_id)
         if outcome.code == "ok":
             if outcome.replay is not None:
                 replayed = self._cipher.decrypt(outcome.replay, aad)
@@ -207,10 +234,41 @@ class Provisioner:
         return Reply(protocol.error_reply(rid, outcome.code, message), outcome.code, rid, canonical)
 
     async def _refuse(self, audit: AuditEntry, exc: RequestError) -> Reply:
-        """Answer a refusal decided before the database, and audit it."""
-        await self._audit_quietly(dataclasses.replace(audit, code=exc.code, detail=exc.message))
+        """Answer a refusal decided before the database, and audit it.
+
+        A guess (an unknown model, an impossible identifier) also counts against the
+        client id, so a client past the limit is told ``rate_limited`` instead.
+        """
+        entry = dataclasses.replace(audit, code=exc.code, detail=exc.message)
+        if exc.code in _COUNTED_BEFORE_THE_DATABASE:
+            try:
+                retry_after = await self._store.refuse(entry, self._limit)
+            except Unavailable:
+                log.warning("refusal not counted: database unavailable (code=%s)", exc.code)
+                retry_after = None
+            if retry_after is not None:
+                return _rate_limited(audit.request_id, retry_after, None)
+        else:
+            await self._audit_quietly(entry)
         body = protocol.error_reply(audit.request_id, exc.code, exc.message)
         return Reply(body, exc.code, audit.request_id)
+
+    async def _open_broker_account(
+        self, client_id: str, key: str, replaced_client_id: str | None
+    ) -> None:
+        # The key is committed: the device must get its reply even when the broker
+        # cannot be told about it now. It is logged, and a re-enable repairs it.
+        if self._accounts is None:
+            return
+        try:
+            await self._accounts.upsert_device(client_id, key)
+            if replaced_client_id is not None:  # the old key's login must not stay open
+                await self._accounts.disable_device(replaced_client_id)
+        except BridgeError as exc:
+            log.error(  # noqa: TRY400 (one line, no traceback: the cause is in `error`)
+                "broker login not created for an activated device",
+                extra={"event": "dynsec_failed", "client_id": client_id, "error": str(exc)},
+            )
 
     async def _audit_quietly(self, entry: AuditEntry) -> None:
         # A refusal decided before the database still gets its answer when the
@@ -231,6 +289,19 @@ class Provisioner:
                 self._models.clear()
             self._models[(vendor, model)] = (now + self._model_ttl, row)
         return row
+
+
+#: Refusals decided in Python that are guesses, counted against the client id.
+_COUNTED_BEFORE_THE_DATABASE = frozenset({"unknown_model", "invalid_identifier"})
+
+
+def _rate_limited(request_id: str | None, retry_after: int, identifier: str | None) -> Reply:
+    message = (
+        "Too many failed activation attempts from this client or for this identifier; "
+        f"retry after {retry_after} seconds."
+    )
+    body = protocol.error_reply(request_id, "rate_limited", message, retry_after)
+    return Reply(body, "rate_limited", request_id, identifier)
 
 
 def _replay_aad(client_id: str, request_id: str) -> bytes:

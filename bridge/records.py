@@ -22,6 +22,16 @@ class ActivationOutcome:
     code: str
     replay: bytes | None
     window_ends_at: datetime | None
+    retry_after: int | None = None  # set with code "rate_limited"
+    replaced_client_id: str | None = None  # a new key replaced the one this client held
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``failures`` failed activations per client id and per identifier per window."""
+
+    failures: int = 10
+    window_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,18 @@ class DeviceRow:
     activated_at: datetime | None
     approved_at: datetime
     key_id: str | None
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """What verifying a key needs: the device's state and the keyed hash of its key."""
+
+    state: str
+    key_id: str | None
+    key_hash: bytes
+
+    def __repr__(self) -> str:  # the hash is not the key, but it has no business in logs
+        return f"StoredKey(state={self.state!r}, key_id={self.key_id!r})"
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from bridge import embedded, health, keys
 from bridge.config import Settings
+from bridge.dynsec import DynSec
 from bridge.errors import ConfigError, Unavailable
 from bridge.metrics import Metrics
 from bridge.provisioner import Provisioner
+from bridge.records import RateLimit
 from bridge.service import BridgeService
 from bridge.store import Store
 
@@ -45,19 +47,24 @@ async def serve(
     # (configured, mosquitto or the in-process amqtt) is the first line logged.
     dsn = embedded.database_url(settings)
     async with (
-        embedded.broker(settings) as endpoint,
+        embedded.broker(settings) as access,
         Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store,
+        _device_logins(settings, access) as accounts,
     ):
         await _check_schema(store, migrate=embedded.is_embedded_database(settings))
         metrics.watch_pool(store.pool_stats)
         provisioner = Provisioner(
             store,
-            keys.KeyHasher(secret),
-            keys.ReplayCipher(secret),
+            keys.KeyHasher(secret, settings.previous_server_secrets()),
+            keys.ReplayCipher(secret, settings.previous_server_secrets()),
             grace_seconds=settings.grace_seconds,
             retry_after=settings.retry_after_seconds,
+            limit=RateLimit(settings.rate_limit_failures, settings.rate_limit_window_seconds),
+            accounts=accounts,
         )
-        service = BridgeService(settings, endpoint, provisioner, ready=ready, metrics=metrics)
+        service = BridgeService(
+            settings, access.endpoint, provisioner, ready=ready, metrics=metrics
+        )
         probe = _readiness(service, store, metrics)
         async with contextlib.AsyncExitStack() as stack:
             if settings.metrics_addr:
@@ -66,7 +73,10 @@ async def serve(
                 )
             with _signals_set(stop):
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(_purge_replies(store, stop), name="bridge-purge")
+                    tg.create_task(
+                        _purge(store, stop, settings.rate_limit_window_seconds),
+                        name="bridge-purge",
+                    )
                     await service.run(stop)
     log.info("stopped", extra={"event": "stopped"})
 
@@ -89,6 +99,22 @@ def _readiness(service: BridgeService, store: Store, metrics: Metrics) -> health
     return probe
 
 
+@contextlib.asynccontextmanager
+async def _device_logins(
+    settings: Settings, access: embedded.BrokerAccess
+) -> AsyncIterator[DynSec | None]:
+    """The dynamic-security admin connection, when devices get broker logins."""
+    if access.admin is None:
+        yield None
+        return
+    async with DynSec(
+        access.admin,
+        client_id=f"{settings.mqtt_client_id}-dynsec"[:128],
+        topics=settings.device_topics,
+    ) as dynsec:
+        yield dynsec
+
+
 async def _check_schema(store: Store, *, migrate: bool) -> None:
     try:
         if migrate:
@@ -108,7 +134,7 @@ async def _check_schema(store: Store, *, migrate: bool) -> None:
         )
 
 
-async def _purge_replies(store: Store, stop: asyncio.Event) -> None:
+async def _purge(store: Store, stop: asyncio.Event, window_seconds: int) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=PURGE_EVERY_SECONDS)
@@ -116,6 +142,7 @@ async def _purge_replies(store: Store, stop: asyncio.Event) -> None:
             return
         try:
             purged = await store.purge_replies()
+            await store.purge_attempts(window_seconds)
         except Unavailable:
             continue
         if purged:

@@ -17,7 +17,15 @@ from typing import Any
 import asyncpg
 
 from bridge.errors import ConfigError, Unavailable
-from bridge.records import ActivationOutcome, AuditEntry, ClaimOutcome, DeviceRow, ModelRow
+from bridge.records import (
+    ActivationOutcome,
+    AuditEntry,
+    ClaimOutcome,
+    DeviceRow,
+    ModelRow,
+    RateLimit,
+    StoredKey,
+)
 
 _MIGRATION_LOCK = 0x6272_6964_6765  # "bridge": one advisory lock id for migrations
 _MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
@@ -228,11 +236,13 @@ class Store:
         key_hash: bytes,
         reply: bytes,
         grace_seconds: int,
+        limit: RateLimit,
     ) -> ActivationOutcome:
-        """Decide one activation in one round trip (see bridge_activate in schemas/)."""
+        """Decide one activation in one round trip, throttled (bridge_activate_limited)."""
         async with _reachable():
             row = await self._pool.fetchrow(
-                "SELECT * FROM bridge_activate($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "SELECT * FROM bridge_activate_limited"
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 client_id,
                 request_id,
                 model_id,
@@ -242,9 +252,31 @@ class Store:
                 key_hash,
                 reply,
                 grace_seconds,
+                limit.failures,
+                limit.window_seconds,
             )
         assert row is not None  # the function always returns one row
-        return ActivationOutcome(row["code"], row["replay"], row["window_ends_at"])
+        return ActivationOutcome(
+            row["code"],
+            row["replay"],
+            row["window_ends_at"],
+            row["retry_after"],
+            row["replaced_client_id"],
+        )
+
+    async def refuse(self, entry: AuditEntry, limit: RateLimit) -> int | None:
+        """Count a refusal decided before the database against its client id, and audit it.
+
+        Returns retry_after when the client is past the limit (it gets ``rate_limited``).
+        """
+        async with _reachable():
+            retry_after: int | None = await self._pool.fetchval(
+                "SELECT bridge_refuse($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                limit.failures,
+                limit.window_seconds,
+                *_audit_args(entry),
+            )
+        return retry_after
 
     async def record(self, entry: AuditEntry) -> None:
         """Append one audit entry on its own (for outcomes decided before the database)."""
@@ -255,6 +287,16 @@ class Store:
         """Forget replies past their grace period; returns how many."""
         async with _reachable():
             status = await self._pool.execute("DELETE FROM replies WHERE expires_at <= now()")
+        return int(status.split()[-1])
+
+    async def purge_attempts(self, window_seconds: int) -> int:
+        """Forget attempt counters whose window has closed; returns how many."""
+        async with _reachable():
+            status = await self._pool.execute(
+                "DELETE FROM attempt_counters "
+                "WHERE window_start + make_interval(secs => $1) <= now()",
+                window_seconds,
+            )
         return int(status.split()[-1])
 
     # -- vendor and owner side --------------------------------------------------
@@ -359,6 +401,27 @@ class Store:
                 ),
             )
         return ClaimOutcome(status, window_ends_at)
+
+    async def stored_key(self, model: ModelRow, identifier: str) -> StoredKey | None:
+        """The keyed hash of a device's current key (None when it has none)."""
+        async with _reachable():
+            row = await self._pool.fetchrow(
+                """SELECT state, key_id, key_hash FROM devices
+                    WHERE model_id = $1 AND identifier = $2 AND key_hash IS NOT NULL""",
+                model.id,
+                identifier,
+            )
+        return StoredKey(**dict(row)) if row is not None else None
+
+    async def login_of(self, model: ModelRow, identifier: str) -> str | None:
+        """The client id whose broker login holds the device's key (None: never activated)."""
+        async with _reachable():
+            client_id: str | None = await self._pool.fetchval(
+                "SELECT client_id FROM devices WHERE model_id = $1 AND identifier = $2",
+                model.id,
+                identifier,
+            )
+        return client_id
 
     async def lookalikes(self, model: ModelRow, key: str, limit: int = 5) -> list[str]:
         """Approved identifiers whose folded form equals ``key`` (an index probe)."""

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.client import ActivationResult, activate_device
-from bridge.config import Settings, parse_mqtt_url
+from bridge.config import Settings
+from bridge.embedded import client_endpoint
 from bridge.metrics import Metrics
 from bridge.runtime import serve
 
@@ -53,7 +54,7 @@ async def activate(
     assert settings.mqtt_url is not None
     kwargs.setdefault("timeout", 10.0)
     return await activate_device(
-        parse_mqtt_url(settings.mqtt_url.get_secret_value()),
+        client_endpoint(settings),
         prefix=settings.topic_prefix,
         vendor=vendor,
         model=model,
@@ -75,7 +76,7 @@ async def raw_exchange(
     from bridge import mqtt, protocol  # noqa: PLC0415
 
     assert settings.mqtt_url is not None
-    endpoint = parse_mqtt_url(settings.mqtt_url.get_secret_value())
+    endpoint = client_endpoint(settings)
     async with asyncio.timeout(timeout), mqtt.client(endpoint, client_id, persistent=False) as c:
         await c.subscribe(protocol.reply_topic(settings.topic_prefix, client_id), qos=1)
         await c.publish(protocol.activate_topic(settings.topic_prefix, client_id), payload, qos=1)

@@ -9,7 +9,7 @@ import pytest
 
 from bridge.admin import Admin
 from bridge.config import Settings
-from tests.helpers import RunningBridge, activate
+from tests.helpers import RunningBridge, activate, start_bridge
 
 MAC = "00:1A:2B:3C:4D:5E"
 KEY_SHAPE = re.compile(r"[0-9a-f]{40}")
@@ -117,13 +117,18 @@ async def test_a_one_second_window_closes(
     assert result.reply["code"] == "window_expired"
 
 
-async def test_twenty_racing_clients_yield_exactly_one_ok(
-    admin: Admin, settings: Settings, bridge: RunningBridge
-) -> None:
+async def test_twenty_racing_clients_yield_exactly_one_ok(admin: Admin, settings: Settings) -> None:
     await _claimed(admin)
-    results = await asyncio.gather(
-        *(activate(settings, MAC, client_id=f"racer-{n}", timeout=20) for n in range(20))
-    )
+    # 19 failures on one identifier would cross the default throttle (10): raise it,
+    # the race is what this test is about.
+    settings = settings.model_copy(update={"rate_limit_failures": 100})
+    running = await start_bridge(settings)
+    try:
+        results = await asyncio.gather(
+            *(activate(settings, MAC, client_id=f"racer-{n}", timeout=20) for n in range(20))
+        )
+    finally:
+        await running.halt()
     codes = sorted(r.reply.get("code", "ok") for r in results)
     assert codes.count("ok") == 1, codes
     assert codes.count("already_activated") == 19, codes

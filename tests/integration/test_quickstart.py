@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge import mqtt
+from bridge.config import MqttEndpoint
 from tests.services import wait_for_port
 
 
@@ -83,6 +85,8 @@ async def test_quick_start_on_embedded_defaults(tmp_path: Path) -> None:
                     "thermo-1",
                     "--identifier",
                     "001A.2B3C.4D5E",
+                    "--client-id",
+                    "quick-1",
                     "--timeout",
                     "5",
                 )
@@ -92,6 +96,13 @@ async def test_quick_start_on_embedded_defaults(tmp_path: Path) -> None:
             assert done.stdout.startswith("ok: acme/thermo-1 001A2B3C4D5E")
             shown = await asyncio.to_thread(_run, env, "show", "acme", "thermo-1", "001a2b3c4d5e")
             assert "activated" in shown.stdout
+            # The embedded broker runs the shipped ACL and dynamic-security plugin: the
+            # issued key is the device's broker login, for its own topics.
+            key = done.stdout.split("key: ")[1].split()[0]
+            login = MqttEndpoint("127.0.0.1", 1883, False, "quick-1", key)
+            async with mqtt.client(login, "quick-1", persistent=False) as device:
+                await device.publish("devices/quick-1/hello", b"hi", qos=1)
+            assert oct((state / "mosquitto" / "passwd").stat().st_mode)[-3:] == "600"
         finally:
             serve.send_signal(signal.SIGTERM)
             try:

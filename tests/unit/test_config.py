@@ -65,3 +65,16 @@ def test_durations(text: str, seconds: int) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration(text)
+
+
+def test_previous_secrets_are_comma_separated_and_hidden() -> None:
+    settings = Settings(secret="new", previous_secrets=" old-1 , old-2,")
+    assert settings.previous_server_secrets() == [b"old-1", b"old-2"]
+    assert "old-1" not in repr(settings)
+    assert Settings().previous_server_secrets() == []
+
+
+def test_device_topics_must_name_the_client_id() -> None:
+    assert Settings(device_topics="d/{client_id}/+").device_topics == "d/{client_id}/+"
+    with pytest.raises(ValueError, match="client_id"):
+        Settings(device_topics="devices/#")

@@ -76,3 +76,30 @@ def test_replay_cipher_round_trip_and_binding() -> None:
 def test_bad_public_keys_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"32 bytes|base64|Incorrect|Non-base64|Invalid"):
         keys.decode_public_key(text)
+
+
+def test_a_rotated_secret_still_verifies_keys_hashed_under_the_old_one() -> None:
+    old = keys.KeyHasher(b"secret-2025")
+    key = keys.generate_key()
+    stored, stored_id = old.hash(key), old.key_id
+    rotated = keys.KeyHasher(b"secret-2026", previous=[b"secret-2025"])
+    assert rotated.key_id != stored_id
+    assert rotated.known_ids == {rotated.key_id, stored_id}
+    assert rotated.verify(key, stored, stored_id)
+    assert not rotated.verify(keys.generate_key(), stored, stored_id)
+    # New keys are hashed under the new secret only.
+    assert rotated.hash(key) != stored
+    assert rotated.verify(key, rotated.hash(key), rotated.key_id)
+    # Once the old secret is dropped, its keys no longer verify.
+    assert not keys.KeyHasher(b"secret-2026").verify(key, stored, stored_id)
+    # A key id that names no known secret verifies nothing, even with the right hash.
+    assert not rotated.verify(key, stored, "0123456789abcdef")
+    assert not rotated.verify("not-hex-\u00e9", stored, stored_id)
+
+
+def test_a_rotated_replay_cipher_decrypts_replies_stored_under_the_old_secret() -> None:
+    blob = keys.ReplayCipher(b"old").encrypt(b"reply", b"aad")
+    rotated = keys.ReplayCipher(b"new", previous=[b"old"])
+    assert rotated.decrypt(blob, b"aad") == b"reply"
+    assert keys.ReplayCipher(b"new").decrypt(blob, b"aad") is None
+    assert keys.ReplayCipher(b"old").decrypt(rotated.encrypt(b"r", b"aad"), b"aad") is None

@@ -1,0 +1,234 @@
+"""Broker logins for activated devices, through Mosquitto's dynamic-security plugin.
+
+After an activation commits, the bridge gives the device a broker login: username and
+MQTT client id = the device's client id, password = the key it was just issued, and a
+role of its own that allows only its data topics (``devices/<client id>/#`` by
+default). Revoke and release disable the login; a later activation (after re-enable)
+enables it again with the new key, so the old key stops opening the broker.
+
+The bridge speaks to the plugin as its admin user, on ``$CONTROL/dynamic-security/v1``,
+over one connection opened on first use and reopened after a failure. Commands of one
+call travel in one message and are answered in one message; calls are serialized. After
+a failure (no answer, connection refused) calls fail at once for a cool-down, so a broken
+plugin costs activations their broker login (logged), never their reply or a long wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+
+from bridge import mqtt
+from bridge.brokerconf import DEFAULT_ACL_ACCESS
+from bridge.config import MqttEndpoint, Settings
+from bridge.embedded import admin_endpoint
+from bridge.errors import BrokerAdminError
+
+log = logging.getLogger("bridge.dynsec")
+
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
+
+#: Answers that mean "this is already as we want it" when creating idempotently.
+_ALREADY = {
+    "createRole": "Role already exists",
+    "createClient": "Client already exists",
+}
+
+
+def role_name(client_id: str) -> str:
+    return f"device:{client_id}"
+
+
+class DynSec:
+    """Creates, updates and disables device logins in the broker."""
+
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        *,
+        client_id: str,
+        topics: str = "devices/{client_id}/#",
+        timeout: float = 5.0,
+        cooldown: float = 30.0,
+    ) -> None:
+        self._endpoint = endpoint
+        self._client_id = client_id
+        self._topics = topics
+        self._timeout = timeout
+        self._cooldown = cooldown
+        self._down_until = 0.0  # after a failure, fail fast until then
+        self._lock = asyncio.Lock()
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: aiomqtt.Client | None = None
+
+    def __repr__(self) -> str:
+        return f"DynSec({self._endpoint!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(self._timeout):
+                    await stack.aclose()
+
+    async def upsert_device(self, client_id: str, key: str) -> None:
+        """Create or update the device's login: password = ``key``, enabled, own role."""
+        role = role_name(client_id)
+        topic = self._topics.format(client_id=client_id)
+        # Its own topics allowed, everything else denied here (lower priority), so a
+        # device with a login is judged by its role alone, never by mosquitto.acl.
+        kinds = ("publishClientSend", "publishClientReceive", "subscribePattern")
+        acls = [{"acltype": k, "topic": topic, "priority": 1, "allow": True} for k in kinds]
+        acls += [{"acltype": k, "topic": "#", "priority": 0, "allow": False} for k in kinds]
+        acls.append({"acltype": "unsubscribePattern", "topic": "#", "priority": 0, "allow": True})
+        await self._run(
+            [
+                {"command": "createRole", "rolename": role, "acls": acls},
+                {
+                    "command": "createClient",
+                    "username": client_id,
+                    "clientid": client_id,
+                    "password": key,
+                    "roles": [{"rolename": role}],
+                },
+                # For a login that existed already (a re-activation): the new key, and
+                # enabled again. Harmless repeats for a new one.
+                {"command": "setClientPassword", "username": client_id, "password": key},
+                {"command": "enableClient", "username": client_id},
+            ]
+        )
+        log.info("device login set", extra={"event": "dynsec_upsert", "client_id": client_id})
+
+    async def disable_device(self, client_id: str) -> None:
+        """Disable the device's login (it is also disconnected); no login is no error."""
+        responses = await self._run(
+            [{"command": "disableClient", "username": client_id}], tolerate={"Client not found"}
+        )
+        log.info(
+            "device login disabled",
+            extra={
+                "event": "dynsec_disable",
+                "client_id": client_id,
+                "existed": not responses[0].get("error"),
+            },
+        )
+
+    async def _run(
+        self, commands: list[dict[str, Any]], tolerate: set[str] | None = None
+    ) -> list[dict[str, Any]]:
+        tag = secrets.token_hex(8)
+        for n, command in enumerate(commands):
+            command["correlationData"] = f"{tag}:{n}"
+        payload = json.dumps({"commands": commands}).encode()
+        async with self._lock:
+            # While the broker is known to be failing, do not make every activation wait
+            # out a timeout in turn: fail at once (the caller logs it) and retry later.
+            wait = self._down_until - time.monotonic()
+            if wait > 0:
+                raise BrokerAdminError(
+                    "The broker's dynamic-security plugin failed recently; "
+                    f"not trying again for {wait:.0f} s."
+                )
+            try:
+                async with asyncio.timeout(self._timeout):
+                    client = await self._connected()
+                    await client.publish(CONTROL_TOPIC, payload, qos=1)
+                    responses = await self._responses(client, tag)
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                await self.close()  # reconnect on the next call
+                self._down_until = time.monotonic() + self._cooldown
+                raise BrokerAdminError(
+                    f"The broker's dynamic-security plugin did not answer ({exc or 'timeout'})."
+                ) from exc
+        for command, response in zip(commands, responses, strict=True):
+            error = response.get("error")
+            if not error or error == _ALREADY.get(command["command"]):
+                continue
+            if tolerate and error in tolerate:
+                continue
+            raise BrokerAdminError(
+                f"The broker refused {command['command']} for {command.get('username')!r}: {error}."
+            )
+        return responses
+
+    async def _connected(self) -> aiomqtt.Client:
+        if self._client is not None:
+            return self._client
+        stack = contextlib.AsyncExitStack()
+        try:
+            client = await stack.enter_async_context(
+                mqtt.client(self._endpoint, self._client_id, persistent=False)
+            )
+            await client.subscribe(RESPONSE_TOPIC, qos=1)
+            await self._enforce_defaults(client)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack, self._client = stack, client
+        return client
+
+    async def _enforce_defaults(self, client: aiomqtt.Client) -> None:
+        # The plugin's default access decides for devices without a login before
+        # mosquitto.acl does: anything but "deny" there would let them read every reply.
+        tag = secrets.token_hex(8)
+        acls = [{"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACL_ACCESS.items()]
+        command = {"command": "setDefaultACLAccess", "acls": acls, "correlationData": f"{tag}:0"}
+        await client.publish(CONTROL_TOPIC, json.dumps({"commands": [command]}).encode(), qos=1)
+        (response,) = await self._responses(client, tag)
+        if response.get("error"):
+            raise BrokerAdminError(f"The broker refused setDefaultACLAccess: {response['error']}.")
+
+    async def _responses(self, client: aiomqtt.Client, tag: str) -> list[dict[str, Any]]:
+        async for message in client.messages:
+            if not isinstance(message.payload, bytes):
+                continue
+            try:
+                body = json.loads(message.payload)
+            except ValueError:
+                continue
+            responses = body.get("responses") if isinstance(body, dict) else None
+            if not isinstance(responses, list) or not responses:
+                continue
+            first = responses[0]
+            if isinstance(first, dict) and str(first.get("correlationData", "")).startswith(
+                f"{tag}:"
+            ):
+                return [r if isinstance(r, dict) else {} for r in responses]
+            # An answer to a call that timed out earlier: not ours, skip it.
+        raise aiomqtt.MqttError("the broker closed the connection")
+
+
+async def disable_device_login(settings: Settings, client_id: str | None) -> bool:
+    """Disable a device's broker login, if devices get logins; what revoke and release call.
+
+    Call it after the database commit, with the client id the device activated from
+    (``Store.login_of``). Returns whether a broker was told; raises
+    :class:`BrokerAdminError` when it could not be.
+    """
+    endpoint = admin_endpoint(settings)
+    if endpoint is None or client_id is None:
+        return False
+    name = f"{settings.mqtt_client_id}-admin-{secrets.token_hex(3)}"[:128]
+    async with DynSec(endpoint, client_id=name, topics=settings.device_topics) as dynsec:
+        await dynsec.disable_device(client_id)
+    return True
