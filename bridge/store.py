@@ -10,14 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from bridge.errors import ConfigError, Unavailable
-from bridge.records import ActivationOutcome, AuditEntry, ClaimOutcome, DeviceRow, ModelRow
+from bridge.records import (
+    ActivationOutcome,
+    AuditEntry,
+    AuditQuery,
+    AuditRecord,
+    ClaimOutcome,
+    DeviceRow,
+    LifecycleOutcome,
+    ModelRow,
+    UnapproveOutcome,
+)
 
 _MIGRATION_LOCK = 0x6272_6964_6765  # "bridge": one advisory lock id for migrations
 _MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
@@ -61,8 +71,8 @@ def migrations() -> list[tuple[int, str, str]]:
 
 _AUDIT_INSERT = """
 INSERT INTO audit_log (action, code, actor, client_id, request_id, vendor, model,
-                       identifier_presented, identifier, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                       identifier_presented, identifier, detail, owner)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 """
 
 
@@ -78,6 +88,7 @@ def _audit_args(entry: AuditEntry) -> tuple[Any, ...]:
         entry.identifier_presented,
         entry.identifier,
         entry.detail,
+        entry.owner,
     )
 
 
@@ -349,6 +360,7 @@ class Store:
                         vendor=model.vendor,
                         model=model.model,
                         identifier=identifier,
+                        owner=owner,
                         detail=f"owner={owner}"
                         + (" (already theirs)" if status == "already_yours" else ""),
                     )
@@ -381,3 +393,418 @@ class Store:
                 model.model,
             )
         return DeviceRow(**dict(row)) if row is not None else None
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def bulk_approve(
+        self,
+        model: ModelRow,
+        rows: Sequence[tuple[str, str]],
+        *,
+        actor: str,
+        detail: str | None = None,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[int, int]:
+        """Approve unique (canonical, lookalike) pairs through COPY; (added, already approved).
+
+        The pairs are streamed into a temporary table with COPY, then inserted and
+        audited by one statement: the import costs a handful of round trips
+        whatever its size, and is one transaction. ``dry_run`` counts and rolls back.
+        """
+        window = None if model.claim_required else model.window_seconds
+        async with _reachable(), self._pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await conn.execute(
+                    """CREATE TEMPORARY TABLE approve_staging
+                           (identifier text NOT NULL, lookalike text NOT NULL) ON COMMIT DROP"""
+                )
+                await conn.copy_records_to_table(
+                    "approve_staging",
+                    records=_reporting(rows, progress),
+                    columns=("identifier", "lookalike"),
+                )
+                if dry_run:
+                    already = await conn.fetchval(
+                        """SELECT count(*) FROM approve_staging s
+                             JOIN devices d ON d.model_id = $1 AND d.identifier = s.identifier""",
+                        model.id,
+                    )
+                    added = len(rows) - already
+                else:
+                    added = await conn.fetchval(
+                        """WITH added AS (
+                               INSERT INTO devices (model_id, identifier, lookalike, window_ends_at)
+                               SELECT $1, s.identifier, s.lookalike,
+                                      CASE WHEN $2::integer IS NULL THEN NULL
+                                           ELSE now() + make_interval(secs => $2::integer) END
+                                 FROM approve_staging s
+                               ON CONFLICT (model_id, identifier) DO NOTHING
+                               RETURNING identifier),
+                           audited AS (
+                               INSERT INTO audit_log (action, code, actor, vendor, model,
+                                                      identifier, detail)
+                               SELECT 'approve', 'ok', $3, $4, $5, a.identifier, $6
+                                 FROM added a)
+                           SELECT count(*) FROM added""",
+                        model.id,
+                        window,
+                        actor,
+                        model.vendor,
+                        model.model,
+                        detail,
+                    )
+                    already = len(rows) - added
+            except BaseException:
+                await tx.rollback()
+                raise
+            if dry_run:
+                await tx.rollback()
+            else:
+                await tx.commit()
+        return int(added), int(already)
+
+    async def unapprove(
+        self, model: ModelRow, identifiers: Sequence[str], *, force: bool, actor: str
+    ) -> UnapproveOutcome:
+        """Remove identifiers; devices in use are left alone (all of them) unless ``force``."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT d.id, d.identifier, d.state, o.name AS owner
+                     FROM devices d LEFT JOIN owners o ON o.id = d.owner_id
+                    WHERE d.model_id = $1 AND d.identifier = ANY($2::text[])
+                    ORDER BY d.identifier
+                    FOR UPDATE OF d""",
+                model.id,
+                list(identifiers),
+            )
+            found = {r["identifier"] for r in rows}
+            missing = [i for i in dict.fromkeys(identifiers) if i not in found]
+            in_use = [
+                (r["identifier"], r["owner"], r["state"])
+                for r in rows
+                if r["owner"] is not None or r["state"] != "approved"
+            ]
+            refused = bool(in_use) and not force
+            if not refused:
+                await conn.execute(
+                    "DELETE FROM devices WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+                )
+            entries = [
+                AuditEntry(
+                    "unapprove",
+                    "conflict" if refused and (r["owner"] or r["state"] != "approved") else "ok",
+                    actor=actor,
+                    vendor=model.vendor,
+                    model=model.model,
+                    identifier=r["identifier"],
+                    owner=r["owner"],
+                    detail=f"was {r['state']}" + (" (forced)" if force else ""),
+                )
+                for r in rows
+                if not refused or r["owner"] is not None or r["state"] != "approved"
+            ]
+            await conn.executemany(_AUDIT_INSERT, [_audit_args(e) for e in entries])
+        removed = [] if refused else [r["identifier"] for r in rows]
+        return UnapproveOutcome(removed, missing, in_use)
+
+    async def release(
+        self, model: ModelRow, identifier: str, *, owner: str, actor: str
+    ) -> LifecycleOutcome:
+        """The owner gives the device up: claim closed, key and stored replies gone."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_LOCK_DEVICE, model.id, identifier)
+            if row is None:
+                status = "not_approved"
+            elif row["owner"] is None:
+                status = "not_claimed"
+            elif row["owner"] != owner:
+                status = "not_owner"
+            else:
+                status = "ok"
+                await _close_claim(conn, row["id"], actor)
+                # A model without a claim step goes back to what approval gave it:
+                # an open window; the others wait for the next owner's claim.
+                await conn.execute(
+                    """UPDATE devices
+                          SET owner_id = NULL, state = 'approved', key_id = NULL, key_hash = NULL,
+                              activated_at = NULL, updated_at = now(),
+                              window_ends_at = CASE WHEN $2::integer IS NULL THEN NULL
+                                  ELSE now() + make_interval(secs => $2::integer) END
+                        WHERE id = $1""",
+                    row["id"],
+                    None if model.claim_required else model.window_seconds,
+                )
+                await conn.execute("DELETE FROM replies WHERE device_id = $1", row["id"])
+            await _audit(
+                conn,
+                model,
+                "release",
+                status,
+                identifier,
+                actor=actor,
+                owner=owner,
+                detail=None if status == "ok" else _holder(row),
+            )
+        return LifecycleOutcome(
+            status, row["owner"] if row else None, row["state"] if row else None
+        )
+
+    async def transfer(
+        self, model: ModelRow, identifier: str, *, to: str, actor: str
+    ) -> LifecycleOutcome:
+        """Move a claimed device to another owner (the chain of ownership gets a new link)."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_LOCK_DEVICE, model.id, identifier)
+            if row is None:
+                status = "not_approved"
+            elif row["owner"] is None:
+                status = "not_claimed"
+            elif row["owner"] == to:
+                status = "already_theirs"
+            else:
+                status = "ok"
+                await _close_claim(conn, row["id"], actor)
+                owner_id = await _owner_id(conn, to)
+                await conn.execute(
+                    "UPDATE devices SET owner_id = $2, updated_at = now() WHERE id = $1",
+                    row["id"],
+                    owner_id,
+                )
+                await conn.execute(
+                    "INSERT INTO claims (device_id, owner_id) VALUES ($1, $2)", row["id"], owner_id
+                )
+            await _audit(
+                conn,
+                model,
+                "transfer",
+                _audit_code(status),
+                identifier,
+                actor=actor,
+                owner=to,
+                detail=f"from {row['owner']}" if row and row["owner"] else None,
+            )
+        return LifecycleOutcome(
+            status, row["owner"] if row else None, row["state"] if row else None
+        )
+
+    async def reenable(
+        self, model: ModelRow, identifier: str, *, window_seconds: int, actor: str
+    ) -> LifecycleOutcome:
+        """Open a new activation window; the next activation replaces the key."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_LOCK_DEVICE, model.id, identifier)
+            window_ends_at = None
+            if row is None:
+                status = "not_approved"
+            elif row["owner"] is None and model.claim_required:
+                status = "not_claimed"
+            else:
+                status = "ok"
+                # The key hash stays until the next activation overwrites it: the
+                # old key stops being valid at that moment, not before.
+                window_ends_at = await conn.fetchval(
+                    """UPDATE devices
+                          SET state = $2, updated_at = now(),
+                              window_ends_at = now() + make_interval(secs => $3)
+                        WHERE id = $1
+                    RETURNING window_ends_at""",
+                    row["id"],
+                    "approved" if row["owner"] is None else "claimed",
+                    window_seconds,
+                )
+                # A stored reply would hand the old key to an old request id.
+                await conn.execute("DELETE FROM replies WHERE device_id = $1", row["id"])
+            await _audit(
+                conn,
+                model,
+                "reenable",
+                status,
+                identifier,
+                actor=actor,
+                owner=row["owner"] if row else None,
+                detail=f"was {row['state']}, window {window_seconds}s" if row else None,
+            )
+        return LifecycleOutcome(
+            status, row["owner"] if row else None, row["state"] if row else None, window_ends_at
+        )
+
+    async def revoke(self, model: ModelRow, identifier: str, *, actor: str) -> LifecycleOutcome:
+        """The key stops being valid now; activation answers revoked until re-enabled."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_LOCK_DEVICE, model.id, identifier)
+            if row is None:
+                status = "not_approved"
+            elif row["state"] == "revoked":
+                status = "already_revoked"
+            elif row["owner"] is None and model.claim_required:
+                status = "not_claimed"
+            else:
+                status = "ok"
+                await conn.execute(
+                    """UPDATE devices
+                          SET state = 'revoked', key_id = NULL, key_hash = NULL,
+                              window_ends_at = NULL, updated_at = now()
+                        WHERE id = $1""",
+                    row["id"],
+                )
+                await conn.execute("DELETE FROM replies WHERE device_id = $1", row["id"])
+            await _audit(
+                conn,
+                model,
+                "revoke",
+                _audit_code(status),
+                identifier,
+                actor=actor,
+                owner=row["owner"] if row else None,
+                detail=f"was {row['state']}" if row else None,
+            )
+        return LifecycleOutcome(
+            status, row["owner"] if row else None, row["state"] if row else None
+        )
+
+    # -- reading ----------------------------------------------------------------
+
+    async def list_devices(
+        self,
+        model: ModelRow,
+        *,
+        state: str | None = None,
+        owner: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[DeviceRow]:
+        """One page of a model's devices in identifier order (keyset paging on ``after``)."""
+        where = ["d.model_id = $1"]
+        args: list[Any] = [model.id, model.vendor, model.model]
+        for clause, value in (
+            ("d.state = ${}", state),
+            ("d.owner_id = (SELECT id FROM owners WHERE name = ${})", owner),
+            ("d.identifier > ${}", after),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(clause.format(len(args)))
+        args.append(limit)
+        sql = f"""SELECT $2::text AS vendor, $3::text AS model, d.identifier, d.state,
+                         o.name AS owner, d.window_ends_at, d.activated_at, d.approved_at,
+                         d.key_id
+                    FROM devices d LEFT JOIN owners o ON o.id = d.owner_id
+                   WHERE {" AND ".join(where)}
+                   ORDER BY d.identifier
+                   LIMIT ${len(args)}"""
+        async with _reachable():
+            rows = await self._pool.fetch(sql, *args)
+        return [DeviceRow(**dict(r)) for r in rows]
+
+    async def audit(self, query: AuditQuery) -> list[AuditRecord]:
+        """Audit entries matching every given filter, newest first."""
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, value in (
+            ("vendor = ${}", query.vendor),
+            ("model = ${}", query.model),
+            (
+                "identifier = ANY(${}::text[])",
+                list(query.identifiers) if query.identifiers else None,
+            ),
+            ("owner = ${}", query.owner),
+            ("client_id = ${}", query.client_id),
+            ("code = ${}", query.code),
+            ("at >= ${}", query.since),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(clause.format(len(args)))
+        if query.code is not None and query.code != "ok":
+            where.append("code <> 'ok'")  # lets the planner prove the partial index applies
+        args.append(query.limit)
+        sql = f"""SELECT id, at, action, code, actor, client_id, request_id, vendor, model,
+                         identifier_presented, identifier, owner, detail
+                    FROM audit_log
+                   {"WHERE " + " AND ".join(where) if where else ""}
+                   ORDER BY at DESC, id DESC
+                   LIMIT ${len(args)}"""
+        async with _reachable():
+            rows = await self._pool.fetch(sql, *args)
+        return [AuditRecord(**dict(r)) for r in rows]
+
+
+_LOCK_DEVICE = """
+SELECT d.id, d.state, o.name AS owner
+  FROM devices d LEFT JOIN owners o ON o.id = d.owner_id
+ WHERE d.model_id = $1 AND d.identifier = $2
+   FOR UPDATE OF d
+"""
+
+
+def _audit_code(status: str) -> str:
+    # The audit log speaks protocol codes; "already so" refusals are conflicts.
+    return "conflict" if status.startswith("already_") else status
+
+
+def _holder(row: Any) -> str | None:
+    if row is None:
+        return None
+    return f"held by {row['owner']}" if row["owner"] else "not claimed"
+
+
+async def _close_claim(conn: Any, device_id: int, actor: str) -> None:
+    await conn.execute(
+        """UPDATE claims SET released_at = now(), released_by = $2
+            WHERE device_id = $1 AND released_at IS NULL""",
+        device_id,
+        actor,
+    )
+
+
+async def _owner_id(conn: Any, name: str) -> int:
+    owner_id: int = await conn.fetchval(
+        """INSERT INTO owners (name) VALUES ($1)
+           ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+           RETURNING id""",
+        name,
+    )
+    return owner_id
+
+
+async def _audit(
+    conn: Any,
+    model: ModelRow,
+    action: str,
+    code: str,
+    identifier: str,
+    *,
+    actor: str,
+    owner: str | None,
+    detail: str | None,
+) -> None:
+    entry = AuditEntry(
+        action,
+        code,
+        actor=actor,
+        vendor=model.vendor,
+        model=model.model,
+        identifier=identifier,
+        owner=owner,
+        detail=detail,
+    )
+    await conn.execute(_AUDIT_INSERT, *_audit_args(entry))
+
+
+def _reporting(
+    rows: Iterable[tuple[str, str]], progress: Callable[[int], None] | None, every: int = 20_000
+) -> Iterator[tuple[str, str]]:
+    """``rows``, calling ``progress(count)`` every ``every`` rows (for a progress bar)."""
+    if progress is None:
+        yield from rows
+        return
+    count = 0
+    for row in rows:
+        yield row
+        count += 1
+        if count % every == 0:
+            progress(count)
+    progress(count)
