@@ -313,14 +313,7 @@ class Store:
     ) -> ClaimOutcome:
         """Claim in one transaction; the row lock makes one of two racing owners win."""
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """SELECT d.id, d.state, o.name AS owner, d.window_ends_at
-                     FROM devices d LEFT JOIN owners o ON o.id = d.owner_id
-                    WHERE d.model_id = $1 AND d.identifier = $2
-                    FOR UPDATE OF d""",
-                model.id,
-                identifier,
-            )
+            row = await _lock_device(conn, model.id, identifier)
             if row is None:
                 status, window_ends_at = "not_approved", None
             elif row["owner"] is not None:
@@ -471,15 +464,23 @@ class Store:
     ) -> UnapproveOutcome:
         """Remove identifiers; devices in use are left alone (all of them) unless ``force``."""
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                """SELECT d.id, d.identifier, d.state, o.name AS owner
-                     FROM devices d LEFT JOIN owners o ON o.id = d.owner_id
-                    WHERE d.model_id = $1 AND d.identifier = ANY($2::text[])
-                    ORDER BY d.identifier
-                    FOR UPDATE OF d""",
+            locked = await conn.fetch(
+                """SELECT id, identifier, state, owner_id FROM devices
+                    WHERE model_id = $1 AND identifier = ANY($2::text[])
+                    ORDER BY identifier
+                    FOR UPDATE""",
                 model.id,
                 list(identifiers),
             )
+            # Names are read after the lock, in a statement of their own (see _lock_device).
+            names = {
+                r["id"]: r["name"]
+                for r in await conn.fetch(
+                    "SELECT id, name FROM owners WHERE id = ANY($1::bigint[])",
+                    [r["owner_id"] for r in locked if r["owner_id"] is not None],
+                )
+            }
+            rows = [{**dict(r), "owner": names.get(r["owner_id"])} for r in locked]
             found = {r["identifier"] for r in rows}
             missing = [i for i in dict.fromkeys(identifiers) if i not in found]
             in_use = [
@@ -515,7 +516,7 @@ class Store:
     ) -> LifecycleOutcome:
         """The owner gives the device up: claim closed, key and stored replies gone."""
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(_LOCK_DEVICE, model.id, identifier)
+            row = await _lock_device(conn, model.id, identifier)
             if row is None:
                 status = "not_approved"
             elif row["owner"] is None:
@@ -557,7 +558,7 @@ class Store:
     ) -> LifecycleOutcome:
         """Move a claimed device to another owner (the chain of ownership gets a new link)."""
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(_LOCK_DEVICE, model.id, identifier)
+            row = await _lock_device(conn, model.id, identifier)
             if row is None:
                 status = "not_approved"
             elif row["owner"] is None:
@@ -595,7 +596,7 @@ class Store:
     ) -> LifecycleOutcome:
         """Open a new activation window; the next activation replaces the key."""
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(_LOCK_DEVICE, model.id, identifier)
+            row = await _lock_device(conn, model.id, identifier)
             window_ends_at = None
             if row is None:
                 status = "not_approved"
@@ -634,7 +635,7 @@ class Store:
     async def revoke(self, model: ModelRow, identifier: str, *, actor: str) -> LifecycleOutcome:
         """The key stops being valid now; activation answers revoked until re-enabled."""
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(_LOCK_DEVICE, model.id, identifier)
+            row = await _lock_device(conn, model.id, identifier)
             if row is None:
                 status = "not_approved"
             elif row["state"] == "revoked":
@@ -732,12 +733,28 @@ class Store:
         return [AuditRecord(**dict(r)) for r in rows]
 
 
-_LOCK_DEVICE = """
-SELECT d.id, d.state, o.name AS owner
-  FROM devices d LEFT JOIN owners o ON o.id = d.owner_id
- WHERE d.model_id = $1 AND d.identifier = $2
-   FOR UPDATE OF d
-"""
+async def _lock_device(conn: Any, model_id: int, identifier: str) -> dict[str, Any] | None:
+    """Lock one device row; its fields plus ``owner``, the owner's name (or None)."""
+    row = await conn.fetchrow(
+        """SELECT id, state, owner_id, window_ends_at FROM devices
+            WHERE model_id = $1 AND identifier = $2
+              FOR UPDATE""",
+        model_id,
+        identifier,
+    )
+    if row is None:
+        return None
+    found = dict(row)
+    # The name is read in a statement of its own, after the lock. Under READ
+    # COMMITTED a join in the locking statement would use the snapshot taken
+    # before waiting for the lock, and miss an owner row inserted by the
+    # transaction we waited for: the device would look unclaimed.
+    found["owner"] = (
+        await conn.fetchval("SELECT name FROM owners WHERE id = $1", row["owner_id"])
+        if row["owner_id"] is not None
+        else None
+    )
+    return found
 
 
 def _audit_code(status: str) -> str:
