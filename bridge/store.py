@@ -29,6 +29,9 @@ from bridge.records import (
     UnapproveOutcome,
 )
 
+#: Bulk statements scale with the file, not with a request: they get this long
+#: instead of the pool's per-statement timeout.
+_BULK_TIMEOUT = 3600.0
 _MIGRATION_LOCK = 0x6272_6964_6765  # "bridge": one advisory lock id for migrations
 _MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
 
@@ -418,12 +421,14 @@ class Store:
                     "approve_staging",
                     records=_reporting(rows, progress),
                     columns=("identifier", "lookalike"),
+                    timeout=_BULK_TIMEOUT,
                 )
                 if dry_run:
                     already = await conn.fetchval(
                         """SELECT count(*) FROM approve_staging s
                              JOIN devices d ON d.model_id = $1 AND d.identifier = s.identifier""",
                         model.id,
+                        timeout=_BULK_TIMEOUT,
                     )
                     added = len(rows) - already
                 else:
@@ -448,6 +453,7 @@ class Store:
                         model.vendor,
                         model.model,
                         detail,
+                        timeout=_BULK_TIMEOUT,
                     )
                     already = len(rows) - added
             except BaseException:
