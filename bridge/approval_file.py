@@ -16,12 +16,11 @@ refused with its line number and the reason, and the other rows still count.
 from __future__ import annotations
 
 import csv
-import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import IO, Any, Final
 
 from bridge import identifiers
 from bridge.errors import InvalidIdentifier, Malformed
@@ -54,21 +53,26 @@ class ParsedRows:
 
 
 def count_lines(path: Path) -> int:
-    with path.open("rb") as f:
+    with _open(path, "rb") as f:
         return sum(1 for _ in f)
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of each identifier row of the file, header and comments left out."""
-    try:
-        f = path.open(encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise Malformed(f"The file {str(path)!r} cannot be read: {exc.strerror}.") from exc
-    with f:
+    with _open(path, "r") as f:
         yield from _rows(f)
 
 
-def _rows(f: io.TextIOBase) -> Iterator[tuple[int, str]]:
+def _open(path: Path, mode: str) -> IO[Any]:
+    try:
+        if "b" in mode:
+            return path.open(mode)
+        return path.open(mode, encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise Malformed(f"The file {str(path)!r} cannot be read: {exc.strerror}.") from exc
+
+
+def _rows(f: IO[str]) -> Iterator[tuple[int, str]]:
     first = ""
     number = 0
     for number, line in enumerate(f, start=1):  # noqa: B007 (number is used after the loop)

@@ -405,7 +405,7 @@ async def _model_add(args: argparse.Namespace) -> int:
 
 async def _approve(args: argparse.Namespace) -> int:
     if (args.file is None) == (not args.identifiers):
-        raise Malformed("Give identifiers on the command line or --file PATH, not both.")
+        raise Malformed("Give identifiers on the command line or --file PATH (one of the two).")
     if args.dry_run and args.file is None:
         raise Malformed("--dry-run applies to --file only.")
     async with Admin.connect(_settings(args), actor=_actor()) as admin:
