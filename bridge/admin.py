@@ -17,6 +17,7 @@ person at a portal. Every operation is one transaction and is audited.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -44,7 +45,7 @@ from bridge.store import Store
 #: Device states, as ``bridge list --state`` accepts them.
 STATES: Final = ("approved", "claimed", "activated", "revoked")
 
-#: ``progress(phase, done, total)``: phase "checking" counts lines, "loading" rows.
+#: ``progress(phase, done, total)``: lines of the file imported so far, of ``total``.
 Progress = Callable[[str, int, int], None]
 
 
@@ -233,26 +234,42 @@ class Admin:
         total_lines: int = 0,
         source: str | None = None,
     ) -> ImportReport:
-        """Approve (line number, text) rows; bad rows are reported, the others loaded by COPY."""
+        """Approve (line number, text) rows; bad rows are reported, the others loaded by COPY.
+
+        The rows are parsed in a worker thread a batch ahead of the database, so
+        parsing (Python) and inserting (PostgreSQL) use both cores at once.
+        """
         row = await self.model(vendor, model)
-        on_line = (lambda n: progress("checking", n, total_lines)) if progress else None
-        parsed = approval_file.parse_rows(row.kind, row.pattern, rows, on_line)
-        if on_line is not None:
-            on_line(total_lines)
-        pairs = [(c, identifiers.lookalike_key(row.kind, c)) for c in parsed.first_line]
-        on_row = (lambda n: progress("loading", n, len(pairs))) if progress else None
-        added, already = (
-            await self._store.bulk_approve(
-                row,
-                pairs,
-                actor=self._actor,
-                detail=f"from {source}" if source else None,
-                dry_run=dry_run,
-                progress=on_row,
-            )
-            if pairs
-            else (0, 0)
-        )
+        parsed = approval_file.ParsedRows()
+        batches = approval_file.parse_batches(row.kind, row.pattern, rows, parsed)
+
+        def next_batch() -> tuple[list[tuple[str, str]], int] | None:
+            values = next(batches, None)
+            if values is None:
+                return None
+            pairs = [(v, identifiers.lookalike_key(row.kind, v)) for v in values]
+            return pairs, parsed.last_line
+
+        added = already = 0
+        async with self._store.bulk_approver(
+            row, actor=self._actor, detail=f"from {source}" if source else None, dry_run=dry_run
+        ) as load:
+            pending = asyncio.ensure_future(asyncio.to_thread(next_batch))
+            try:
+                while (batch := await pending) is not None:
+                    pending = asyncio.ensure_future(asyncio.to_thread(next_batch))
+                    new, old = await load(batch[0])
+                    added, already = added + new, already + old
+                    if progress is not None:
+                        progress("importing", batch[1], total_lines)
+            finally:
+                # The worker thread cannot be cancelled; let it finish its batch
+                # before the transaction ends.
+                await asyncio.wait([pending])
+                if not pending.cancelled():
+                    pending.exception()  # retrieved: the error that matters is already raised
+        if progress is not None:
+            progress("importing", total_lines, total_lines)
         return ImportReport(added, already, parsed.duplicates, parsed.refused, dry_run)
 
     async def unapprove(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -32,7 +32,6 @@ MAX_RANGE: Final = 1_000_000
 
 _HEX_KINDS: Final = frozenset({Kind.MAC, Kind.MEID, Kind.ESN})
 _NUMERIC_TAIL: Final = re.compile(r"(.*?)(\d+)")
-_PROGRESS_EVERY: Final = 20_000
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,7 @@ class ParsedRows:
     refused: list[Refusal] = field(default_factory=list)
     duplicates: int = 0
     rows: int = 0
+    last_line: int = 0
 
 
 def count_lines(path: Path) -> int:
@@ -107,20 +107,32 @@ def _plain(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
             yield number, text
 
 
-def parse_rows(
+def parse_rows(kind: str, pattern: str | None, rows: Iterable[tuple[int, str]]) -> ParsedRows:
+    """Normalize every row (expanding ranges); refusals carry the line number and reason."""
+    parsed = ParsedRows()
+    for _ in parse_batches(kind, pattern, rows, parsed):
+        pass
+    return parsed
+
+
+def parse_batches(
     kind: str,
     pattern: str | None,
     rows: Iterable[tuple[int, str]],
-    progress: Callable[[int], None] | None = None,
-) -> ParsedRows:
-    """Normalize every row (expanding ranges); refusals carry the line number and reason."""
-    parsed = ParsedRows()
+    parsed: ParsedRows,
+    size: int = 50_000,
+) -> Iterator[list[str]]:
+    """Batches of about ``size`` new canonical identifiers, recording in ``parsed`` as it goes.
+
+    Batches let the caller load one while the next is parsed; an identifier seen
+    before (in this file) is counted as a duplicate and not yielded again.
+    """
     first_line = parsed.first_line
     model_kind = Kind(kind)
+    batch: list[str] = []
     for line, text in rows:
         parsed.rows += 1
-        if progress is not None and parsed.rows % _PROGRESS_EVERY == 0:
-            progress(line)
+        parsed.last_line = line
         try:
             values: Iterable[str] = (
                 expand_range(model_kind, pattern, text)
@@ -132,9 +144,14 @@ def parse_rows(
                     parsed.duplicates += 1
                 else:
                     first_line[value] = line
+                    batch.append(value)
         except (InvalidIdentifier, Malformed) as exc:
             parsed.refused.append(Refusal(line, text, exc.message))
-    return parsed
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def expand_range(kind: Kind, pattern: str | None, text: str) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from bridge.records import (
 #: Bulk statements scale with the file, not with a request: they get this long
 #: instead of the pool's per-statement timeout.
 _BULK_TIMEOUT = 3600.0
+_IMPORT_LOCK = 0x6272_6964  # with a model id: bulk imports into one model take turns
 _MIGRATION_LOCK = 0x6272_6964_6765  # "bridge": one advisory lock id for migrations
 _MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
 
@@ -71,6 +72,24 @@ def migrations() -> list[tuple[int, str, str]]:
             found.append((int(match.group(1)), path.name, path.read_text()))
     return found
 
+
+# Insert a batch from the staging table and audit each identifier added, in one
+# statement. Sorted, so that rows are locked in one order.
+_BULK_INSERT = """
+WITH added AS (
+    INSERT INTO devices (model_id, identifier, lookalike, window_ends_at)
+    SELECT $1, s.identifier, s.lookalike,
+           CASE WHEN $2::integer IS NULL THEN NULL
+                ELSE now() + make_interval(secs => $2::integer) END
+      FROM approve_staging s
+     ORDER BY s.identifier
+    ON CONFLICT (model_id, identifier) DO NOTHING
+    RETURNING identifier),
+audited AS (
+    INSERT INTO audit_log (action, code, actor, vendor, model, identifier, detail)
+    SELECT 'approve', 'ok', $3, $4, $5, a.identifier, $6 FROM added a)
+SELECT count(*) FROM added
+"""
 
 _AUDIT_INSERT = """
 INSERT INTO audit_log (action, code, actor, client_id, request_id, vendor, model,
@@ -392,21 +411,18 @@ class Store:
 
     # -- lifecycle --------------------------------------------------------------
 
-    async def bulk_approve(
-        self,
-        model: ModelRow,
-        rows: Sequence[tuple[str, str]],
-        *,
-        actor: str,
-        detail: str | None = None,
-        dry_run: bool = False,
-        progress: Callable[[int], None] | None = None,
-    ) -> tuple[int, int]:
-        """Approve unique (canonical, lookalike) pairs through COPY; (added, already approved).
+    @contextlib.asynccontextmanager
+    async def bulk_approver(
+        self, model: ModelRow, *, actor: str, detail: str | None = None, dry_run: bool = False
+    ) -> AsyncIterator[Callable[[Sequence[tuple[str, str]]], Awaitable[tuple[int, int]]]]:
+        """One transaction for a bulk import; yields ``load(pairs) -> (added, already)``.
 
-        The pairs are streamed into a temporary table with COPY, then inserted and
-        audited by one statement: the import costs a handful of round trips
-        whatever its size, and is one transaction. ``dry_run`` counts and rolls back.
+        Each call streams (canonical, lookalike) pairs, unique across calls, into a
+        temporary table with COPY, then inserts and audits them with one statement:
+        a handful of round trips per batch whatever its size. The transaction
+        commits when the block ends (rolls back on an error, or for ``dry_run``,
+        which only counts). Imports into one model take turns (an advisory lock),
+        so two overlapping files cannot deadlock on each other's rows.
         """
         window = None if model.claim_required else model.window_seconds
         async with _reachable(), self._pool.acquire() as conn:
@@ -414,48 +430,46 @@ class Store:
             await tx.start()
             try:
                 await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1, ($2 % 2147483647)::integer)",
+                    _IMPORT_LOCK,
+                    model.id,
+                )
+                await conn.execute(
                     """CREATE TEMPORARY TABLE approve_staging
                            (identifier text NOT NULL, lookalike text NOT NULL) ON COMMIT DROP"""
                 )
-                await conn.copy_records_to_table(
-                    "approve_staging",
-                    records=_reporting(rows, progress),
-                    columns=("identifier", "lookalike"),
-                    timeout=_BULK_TIMEOUT,
-                )
-                if dry_run:
-                    already = await conn.fetchval(
-                        """SELECT count(*) FROM approve_staging s
-                             JOIN devices d ON d.model_id = $1 AND d.identifier = s.identifier""",
-                        model.id,
+
+                async def load(pairs: Sequence[tuple[str, str]]) -> tuple[int, int]:
+                    await conn.copy_records_to_table(
+                        "approve_staging",
+                        records=pairs,
+                        columns=("identifier", "lookalike"),
                         timeout=_BULK_TIMEOUT,
                     )
-                    added = len(rows) - already
-                else:
-                    added = await conn.fetchval(
-                        """WITH added AS (
-                               INSERT INTO devices (model_id, identifier, lookalike, window_ends_at)
-                               SELECT $1, s.identifier, s.lookalike,
-                                      CASE WHEN $2::integer IS NULL THEN NULL
-                                           ELSE now() + make_interval(secs => $2::integer) END
-                                 FROM approve_staging s
-                               ON CONFLICT (model_id, identifier) DO NOTHING
-                               RETURNING identifier),
-                           audited AS (
-                               INSERT INTO audit_log (action, code, actor, vendor, model,
-                                                      identifier, detail)
-                               SELECT 'approve', 'ok', $3, $4, $5, a.identifier, $6
-                                 FROM added a)
-                           SELECT count(*) FROM added""",
-                        model.id,
-                        window,
-                        actor,
-                        model.vendor,
-                        model.model,
-                        detail,
-                        timeout=_BULK_TIMEOUT,
-                    )
-                    already = len(rows) - added
+                    if dry_run:
+                        already: int = await conn.fetchval(
+                            """SELECT count(*) FROM approve_staging s
+                                 JOIN devices d
+                                   ON d.model_id = $1 AND d.identifier = s.identifier""",
+                            model.id,
+                            timeout=_BULK_TIMEOUT,
+                        )
+                        added = len(pairs) - already
+                    else:
+                        added = await conn.fetchval(
+                            _BULK_INSERT,
+                            model.id,
+                            window,
+                            actor,
+                            model.vendor,
+                            model.model,
+                            detail,
+                            timeout=_BULK_TIMEOUT,
+                        )
+                    await conn.execute("TRUNCATE approve_staging")
+                    return added, len(pairs) - added
+
+                yield load
             except BaseException:
                 await tx.rollback()
                 raise
@@ -463,7 +477,6 @@ class Store:
                 await tx.rollback()
             else:
                 await tx.commit()
-        return int(added), int(already)
 
     async def unapprove(
         self, model: ModelRow, identifiers: Sequence[str], *, force: bool, actor: str
@@ -815,19 +828,3 @@ async def _audit(
         detail=detail,
     )
     await conn.execute(_AUDIT_INSERT, *_audit_args(entry))
-
-
-def _reporting(
-    rows: Iterable[tuple[str, str]], progress: Callable[[int], None] | None, every: int = 20_000
-) -> Iterator[tuple[str, str]]:
-    """``rows``, calling ``progress(count)`` every ``every`` rows (for a progress bar)."""
-    if progress is None:
-        yield from rows
-        return
-    count = 0
-    for row in rows:
-        yield row
-        count += 1
-        if count % every == 0:
-            progress(count)
-    progress(count)

@@ -88,7 +88,7 @@ async def test_ten_thousand_line_file_loads_and_reports_bad_rows_by_line(
     assert not report.dry_run
     count = await _fetch(settings, "SELECT count(*) AS n FROM devices")
     assert count[0]["n"] == report.added + 1
-    assert {phase for phase, _, _ in seen} == {"checking", "loading"}
+    assert {phase for phase, _, _ in seen} == {"importing"}
     assert seen[-1][1] == seen[-1][2]  # the bar ends full
     audited = await admin.audit(vendor="acme", model="thermo-1", identifier=_mac(9_000))
     assert [(e.action, e.actor, e.detail) for e in audited] == [

@@ -97,7 +97,7 @@ async def test_progress_bar_on_a_terminal(settings: Settings, tmp_path: Path) ->
         os.close(leader)
     assert proc.returncode == 0
     assert b"30000 added" in out
-    assert b"checking  [" in terminal and b"loading   [" in terminal
+    assert b"importing [" in terminal
     assert b"30,000/30,000" in terminal
 
 
