@@ -377,3 +377,29 @@ async def test_a_broker_without_the_plugin_costs_one_timeout_not_one_per_activat
     assert first.ok and all(r.ok for r in rest)
     assert 4 < first_took < 10  # waited out the 5 s timeout once
     assert rest_took < 2  # then failed fast during the cool-down
+
+
+async def test_revoke_and_release_close_the_devices_broker_login(
+    secure_settings: Settings,
+    secure_broker: SecureBroker,
+    device_settings: Settings,
+    secure_bridge: RunningBridge,
+) -> None:
+    async with Admin.connect(secure_settings, actor="test") as admin:
+        await _two_claimed(admin)
+        a = await activate(device_settings, MAC_A, client_id="rv-a")
+        b = await activate(device_settings, MAC_B, client_id="rv-b")
+        assert a.ok and b.ok and a.key and b.key
+        for client_id, key in (("rv-a", a.key), ("rv-b", b.key)):
+            async with mqtt.client(
+                secure_broker.endpoint(client_id, key), client_id, persistent=False
+            ):
+                pass  # both keys open the broker
+        await admin.revoke("acme", "thermo-1", MAC_A)
+        await admin.release("acme", "thermo-1", MAC_B, owner="alice")
+    for client_id, key in (("rv-a", a.key), ("rv-b", b.key)):
+        with pytest.raises(aiomqtt.MqttError):
+            async with mqtt.client(
+                secure_broker.endpoint(client_id, key), client_id, persistent=False
+            ):
+                pass
