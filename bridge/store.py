@@ -42,10 +42,16 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
 )
+
+
+def _lost_connection(exc: asyncpg.InterfaceError) -> bool:
+    # asyncpg reports a dropped connection and a caller's mistake (say, a wrong number
+    # of arguments) with the same class: only the first is the database being away.
+    text = str(exc)
+    return "closed" in text or "closing" in text
 
 
 @contextlib.asynccontextmanager
@@ -53,6 +59,10 @@ async def _reachable() -> AsyncIterator[None]:
     try:
         yield
     except _UNREACHABLE as exc:
+        raise Unavailable("The database cannot be reached right now.") from exc
+    except asyncpg.InterfaceError as exc:
+        if not _lost_connection(exc):
+            raise
         raise Unavailable("The database cannot be reached right now.") from exc
 
 
@@ -146,7 +156,7 @@ class Store:
         try:
             yield cls(pool)
         finally:
-            with contextlib.suppress(*_UNREACHABLE):
+            with contextlib.suppress(*_UNREACHABLE, asyncpg.InterfaceError):
                 await asyncio.wait_for(pool.close(), timeout=5)
 
     # -- schema -----------------------------------------------------------------
@@ -301,7 +311,9 @@ class Store:
                 "SELECT bridge_refuse($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 limit.failures,
                 limit.window_seconds,
-                *_audit_args(entry),
+                # Every audit column but owner: a refusal decided before the database
+                # names no device, so it has no owner to record.
+                *_audit_args(entry)[:-1],
             )
         return retry_after
 
