@@ -16,6 +16,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -46,35 +47,29 @@ def client(
     tls_context = (
         ssl.create_default_context(cafile=ca_file or endpoint.ca_file) if endpoint.tls else None
     )
-    if not mqtt5:
-        return aiomqtt.Client(
-            endpoint.host,
-            endpoint.port,
-            username=endpoint.username,
-            password=endpoint.password,
-            identifier=client_id,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=not persistent,
-            tls_context=tls_context,
-            max_inflight_messages=max_inflight,
-            timeout=10,
-        )
-    properties = None
-    if persistent:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+    session: dict[str, Any]
+    if mqtt5:
+        properties = None
+        if persistent:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+        session = {
+            "protocol": aiomqtt.ProtocolVersion.V5,
+            "clean_start": not persistent,
+            "properties": properties,
+        }
+    else:
+        session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": not persistent}
     return aiomqtt.Client(
         endpoint.host,
         endpoint.port,
         username=endpoint.username,
         password=endpoint.password,
         identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=not persistent,
-        properties=properties,
         tls_context=tls_context,
         max_inflight_messages=max_inflight,
         timeout=10,
+        **session,
     )
 
 
