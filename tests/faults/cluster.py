@@ -22,12 +22,14 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,7 @@ class BridgeProcess:
         self._workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
         self.kills = 0
+        self.activations = 0  # set by replica_set once the process has stopped
         self._log_offset = 0
 
     @property
@@ -359,3 +362,40 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@contextlib.asynccontextmanager
+async def replica_set(
+    *,
+    database_url: str,
+    mqtt_url: str,
+    prefix: str,
+    count: int = 3,
+    share_group: str | None = "provisioners",
+    extra_env: dict[str, str] | None = None,
+) -> AsyncIterator[list[BridgeProcess]]:
+    """``count`` bridge processes, subscribed; SIGTERMed (and checked to exit 0) on the way out."""
+    workdir = Path(tempfile.mkdtemp(prefix="bf-bridges-"))
+    replicas = [
+        BridgeProcess(
+            client_id=f"bridge-{secrets.token_hex(3)}-{n}",
+            database_url=database_url,
+            mqtt_url=mqtt_url,
+            prefix=prefix,
+            share_group=share_group,
+            workdir=workdir,
+            extra_env=extra_env,
+        )
+        for n in range(count)
+    ]
+    try:
+        for replica in replicas:
+            replica.start()
+        await asyncio.gather(*(r.wait_subscribed() for r in replicas))
+        yield replicas
+    finally:
+        codes = [await asyncio.to_thread(r.terminate) for r in replicas]
+        for replica in replicas:  # counted once stopped: a reply can overtake its log line
+            replica.activations = len(replica.events("activation"))
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert codes == [0] * count, f"bridges exited with {codes}"
