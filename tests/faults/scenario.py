@@ -48,6 +48,7 @@ class ChaosReport:
     wrong_outcome: int = 0  # devices answered with anything but ok
     db_mismatch: int = 0  # devices whose key the database does not verify
     fresh_keys_issued: int = 0  # audited non-replayed 'ok' decisions
+    half_written: int = 0  # activated without its stored reply, or a reply without a key
     replays: int = 0  # audited 'ok' answers that resent a stored reply
     unavailable_replies: int = 0  # 'unavailable' answers devices saw (database down)
     p50: float = float("nan")
@@ -71,6 +72,7 @@ class ChaosReport:
             f"wrong outcome         {self.wrong_outcome}",
             f"db disagrees          {self.db_mismatch}",
             f"fresh keys issued     {self.fresh_keys_issued}",
+            f"half-written rows     {self.half_written}",
             f"replayed replies      {self.replays}",
             f"unavailable replies   {self.unavailable_replies}",
             f"time to key p50       {self.p50:.2f} s",
@@ -231,6 +233,12 @@ async def _measure(report: ChaosReport, fleet: list[Device], url: str) -> None:
         report.fresh_keys_issued = await conn.fetchval(
             "SELECT count(*) FROM audit_log WHERE action = 'activate' AND code = 'ok' "
             "AND detail IS NULL"
+        )
+        # The decision is one transaction: a key hash and its stored reply exist together.
+        report.half_written = await conn.fetchval(
+            """SELECT count(*) FROM devices d
+                WHERE (d.state = 'activated')
+                      <> (SELECT count(*) = 1 FROM replies r WHERE r.device_id = d.id)"""
         )
         report.replays = await conn.fetchval(
             "SELECT count(*) FROM audit_log WHERE action = 'activate' AND code = 'ok' "

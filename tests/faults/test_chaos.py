@@ -21,7 +21,7 @@ DEVICES = 300
 @pytest.mark.slow
 async def test_fleet_survives_broker_database_and_bridge_faults(fault_postgres: Postgres) -> None:
     report = await run_chaos(
-        fault_postgres, devices=DEVICES, spread_seconds=24.0, settle_timeout=90.0
+        fault_postgres, devices=DEVICES, spread_seconds=16.0, settle_timeout=90.0
     )
     summary = "\n".join(report.lines() + report.timeline)
     assert report.lost == 0, summary
@@ -29,6 +29,7 @@ async def test_fleet_survives_broker_database_and_bridge_faults(fault_postgres: 
     assert report.duplicated_keys == 0, summary
     assert report.wrong_outcome == 0, summary
     assert report.db_mismatch == 0, summary
+    assert report.half_written == 0, summary
     assert report.fresh_keys_issued == DEVICES, summary
     # The faults really happened and met devices in flight, and the bridges rode them out.
     assert report.unavailable_replies > 0, summary
