@@ -26,13 +26,22 @@ def client(
     persistent: bool,
     max_inflight: int = 20,
     ca_file: str | None = None,
+    manual_ack: bool = False,
 ) -> aiomqtt.Client:
-    """An MQTT 5 client; ``persistent`` keeps the session across disconnects."""
+    """An MQTT 5 client; ``persistent`` keeps the session across disconnects.
+
+    With ``manual_ack`` a QoS 1 message is acknowledged only by :func:`acknowledge`,
+    and the broker is asked (Receive Maximum) to send at most ``max_inflight``
+    unacknowledged messages: what is not acknowledged when the process dies is sent
+    again to the same client id when it reconnects.
+    """
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent:
         properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+    if manual_ack:
+        properties.ReceiveMaximum = max_inflight
     tls_context = ssl.create_default_context(cafile=ca_file) if endpoint.tls else None
-    return aiomqtt.Client(
+    mqtt_client = aiomqtt.Client(
         endpoint.host,
         endpoint.port,
         username=endpoint.username,
@@ -45,6 +54,17 @@ def client(
         max_inflight_messages=max_inflight,
         timeout=10,
     )
+    if manual_ack:
+        # aiomqtt has no switch for this; paho's public manual_ack_set is reached
+        # through aiomqtt's underlying client.
+        mqtt_client._client.manual_ack_set(True)
+    return mqtt_client
+
+
+def acknowledge(mqtt_client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    """Send the PUBACK of a message received with ``manual_ack``."""
+    if message.qos > 0:
+        mqtt_client._client.ack(message.mid, message.qos)
 
 
 def reply_properties(expiry_seconds: int, correlation_data: bytes | None) -> Properties:
