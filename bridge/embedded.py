@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -69,6 +71,16 @@ def _listening(host: str, port: int) -> bool:
     return False
 
 
+def _let_mosquitto_write(workdir: Path) -> None:
+    # Started as root, mosquitto drops to the 'mosquitto' user; without this it cannot
+    # write its persistence file there, logs an error and loses sessions on restart.
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(KeyError, OSError):
+        entry = pwd.getpwnam("mosquitto")
+        os.chown(workdir, entry.pw_uid, entry.pw_gid)
+
+
 @contextlib.contextmanager
 def broker(settings: Settings) -> Iterator[MqttEndpoint]:
     """The configured broker, or one we start from PATH for as long as we serve."""
@@ -88,6 +100,7 @@ def broker(settings: Settings) -> Iterator[MqttEndpoint]:
         )
     workdir = settings.state_dir / "mosquitto"
     workdir.mkdir(parents=True, exist_ok=True)
+    _let_mosquitto_write(workdir)
     logfile = (workdir / "mosquitto.log").open("ab")
     proc = subprocess.Popen(  # noqa: S603 (a fixed binary and our own config file)
         [binary, "-c", str(mosquitto_conf())], cwd=workdir, stdout=logfile, stderr=logfile

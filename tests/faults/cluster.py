@@ -122,7 +122,9 @@ class Broker:
             f"persistence_location {self._dir}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 100000\n"
-            "max_inflight_messages 100\n"
+            "max_inflight_messages 100\n" + ("user root\n" if os.geteuid() == 0 else "")
+            # Started as root, mosquitto drops to the 'mosquitto' user, which cannot
+            # write its persistence file here: it would log an error and persist nothing.
         )
         self._proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
