@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -208,6 +209,7 @@ async def run_chaos(
         report.bridge_reconnects = sum(len(r.events("reconnect")) for r in replicas)
         report.bridge_exit_codes = [await asyncio.to_thread(r.terminate) for r in replicas]
         broker.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     report.broker_restarts = broker.restarts
     report.db_restarts = db_restarts
