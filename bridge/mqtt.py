@@ -42,17 +42,28 @@ def client(
     max_inflight: int = 20,
     ca_file: str | None = None,
     mqtt5: bool = True,
+    manual_ack: bool = False,
 ) -> aiomqtt.Client:
-    """An MQTT 5 (or 3.1.1) client; ``persistent`` keeps the session across disconnects."""
+    """An MQTT 5 (or 3.1.1) client; ``persistent`` keeps the session across disconnects.
+
+    With ``manual_ack`` a QoS 1 message is acknowledged only by :func:`acknowledge`,
+    and an MQTT 5 broker is asked (Receive Maximum) to send at most ``max_inflight``
+    unacknowledged messages: what is not acknowledged when the process dies is sent
+    again to the same client id when it reconnects.
+    """
     tls_context = (
         ssl.create_default_context(cafile=ca_file or endpoint.ca_file) if endpoint.tls else None
     )
     session: dict[str, Any]
     if mqtt5:
         properties = None
-        if persistent:
+        # A property-less CONNECT when none is needed: amqtt misreads MQTT 5 properties.
+        if persistent or manual_ack:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+            if persistent:
+                properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+            if manual_ack:
+                properties.ReceiveMaximum = max_inflight
         session = {
             "protocol": aiomqtt.ProtocolVersion.V5,
             "clean_start": not persistent,
@@ -60,7 +71,7 @@ def client(
         }
     else:
         session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": not persistent}
-    return aiomqtt.Client(
+    mqtt_client = aiomqtt.Client(
         endpoint.host,
         endpoint.port,
         username=endpoint.username,
@@ -71,6 +82,17 @@ def client(
         timeout=10,
         **session,
     )
+    if manual_ack:
+        # aiomqtt has no switch for this; paho's public manual_ack_set is reached
+        # through aiomqtt's underlying client.
+        mqtt_client._client.manual_ack_set(True)
+    return mqtt_client
+
+
+def acknowledge(mqtt_client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    """Send the PUBACK of a message received with ``manual_ack``."""
+    if message.qos > 0:
+        mqtt_client._client.ack(message.mid, message.qos)
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,7 @@ async def connect(
     persistent: bool,
     max_inflight: int = 20,
     ca_file: str | None = None,
+    manual_ack: bool = False,
 ) -> AsyncIterator[Link]:
     """Connect with MQTT 5, or with 3.1.1 when the broker refuses MQTT 5.
 
@@ -110,6 +133,7 @@ async def connect(
             max_inflight=max_inflight,
             ca_file=ca_file,
             mqtt5=mqtt5,
+            manual_ack=manual_ack,
         )
 
     async with contextlib.AsyncExitStack() as stack:

@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     StrictInt,
@@ -28,8 +29,21 @@ PROTOCOL_VERSION = 1
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
+#: Control characters (C0, DEL, C1) and lone surrogates. PostgreSQL refuses NUL in text
+#: and a surrogate cannot be encoded at all, so either would fail deep in the store;
+#: the others have no place in a name or a sticker number and would reach the audit log
+#: and terminals. Refused at the door instead: ``malformed``.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _printable(value: str) -> str:
+    if _UNPRINTABLE.search(value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_printable)]
 
 
 class ActivationRequest(BaseModel):
@@ -129,9 +143,9 @@ def _json_type(value: object) -> str:
 
 _FIELD_RULES = {
     "request_id": "1 to 64 characters of A-Z a-z 0-9 . _ : -",
-    "vendor": "a string of 1 to 64 characters",
-    "model": "a string of 1 to 64 characters",
-    "identifier": "a string of 1 to 64 characters",
+    "vendor": "a string of 1 to 64 characters, none of them control characters",
+    "model": "a string of 1 to 64 characters, none of them control characters",
+    "identifier": "a string of 1 to 64 characters, none of them control characters",
     "public_key": "a standard base64 string of a 32-byte X25519 public key",
     "v": "1",
 }
@@ -142,7 +156,7 @@ def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
     field = str(error["loc"][0]) if error["loc"] else "request"
     if error["type"] == "extra_forbidden":
-        return f"The request has an unknown field {field!r}."
+        return f"The request has an unknown field {field[:64]!r}."
     if error["type"] == "missing":
         return f"The request is missing the field {field!r}."
     if field == "v":

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import OrderedDict
 
 import aiomqtt
 
@@ -34,6 +35,36 @@ def backoff_delay(attempt: int) -> float:
     """Capped exponential backoff with jitter, so replicas do not reconnect in step."""
     ceiling = min(BACKOFF_CAP, BACKOFF_FIRST * 2**attempt)
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not a secret)
+
+
+class AckWindow:
+    """Acknowledges requests once answered, in the order they arrived.
+
+    A request is acknowledged to the broker only after its reply is published (or it
+    was refused without a reply), so a bridge killed mid-request gets it again from
+    its persistent session when it reconnects. MQTT wants PUBACKs in arrival order, so
+    a finished request waits for the ones that came before it.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._pending: OrderedDict[int, tuple[aiomqtt.Message, bool]] = OrderedDict()
+        self._serial = 0
+
+    def arrived(self, message: aiomqtt.Message) -> int:
+        self._serial += 1
+        self._pending[self._serial] = (message, False)
+        return self._serial
+
+    def done(self, ticket: int) -> None:
+        message, _ = self._pending[ticket]
+        self._pending[ticket] = (message, True)
+        while self._pending:
+            first, (head, finished) = next(iter(self._pending.items()))
+            if not finished:
+                return
+            del self._pending[first]
+            mqtt.acknowledge(self._client, head)
 
 
 class BridgeService:
@@ -105,17 +136,22 @@ class BridgeService:
             self._endpoint,
             self._settings.mqtt_client_id,
             persistent=True,
-            max_inflight=min(self._settings.max_in_flight, 65_535),
+            # The broker holds back what does not fit: the queue and the workers.
+            max_inflight=min(2 * self._settings.max_in_flight, 65_535),
+            manual_ack=True,
         )
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(maxsize=self._settings.max_in_flight)
+        queue: asyncio.Queue[tuple[int, aiomqtt.Message]] = asyncio.Queue(
+            maxsize=self._settings.max_in_flight
+        )
+        acks = AckWindow(client)
         async with asyncio.TaskGroup() as tg:
             workers = [
-                tg.create_task(self._work(client, queue), name=f"bridge-worker-{n}")
+                tg.create_task(self._work(client, queue, acks), name=f"bridge-worker-{n}")
                 for n in range(self._settings.max_in_flight)
             ]
-            reader = tg.create_task(self._read(client, queue), name="bridge-reader")
+            reader = tg.create_task(self._read(client, queue, acks), name="bridge-reader")
             stopping = tg.create_task(stop.wait(), name="bridge-stop")
             await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if stop.is_set():
@@ -131,16 +167,29 @@ class BridgeService:
                     extra={"event": "draining_done", "abandoned": queue.qsize()},
                 )
 
-    async def _read(self, client: aiomqtt.Client, queue: asyncio.Queue[aiomqtt.Message]) -> None:
+    async def _read(
+        self,
+        client: aiomqtt.Client,
+        queue: asyncio.Queue[tuple[int, aiomqtt.Message]],
+        acks: AckWindow,
+    ) -> None:
         async for message in client.messages:
-            await queue.put(message)  # blocks when full: backpressure, not memory growth
+            # Blocks when full: backpressure, not memory growth (and the broker sends
+            # no more than the Receive Maximum of unacknowledged requests).
+            await queue.put((acks.arrived(message), message))
 
-    async def _work(self, client: aiomqtt.Client, queue: asyncio.Queue[aiomqtt.Message]) -> None:
+    async def _work(
+        self,
+        client: aiomqtt.Client,
+        queue: asyncio.Queue[tuple[int, aiomqtt.Message]],
+        acks: AckWindow,
+    ) -> None:
         while True:
-            message = await queue.get()
+            ticket, message = await queue.get()
             try:
                 with self.metrics.in_flight.track_inprogress():
                     await self._handle(client, message)
+                acks.done(ticket)  # not on failure: the broker sends it again
             finally:
                 queue.task_done()
 

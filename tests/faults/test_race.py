@@ -1,0 +1,99 @@
+"""Fault suite (2): a hundred clients race for one identifier across three replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import asyncpg
+import pytest
+
+from bridge import mqtt, protocol
+from bridge.admin import Admin
+from bridge.config import Settings, parse_mqtt_url
+from bridge.keys import KeyHasher
+from tests.faults.cluster import TEST_SECRET, Broker, Postgres, new_database, replica_set
+
+CLIENTS = 100
+MAC = "02:00:00:00:AA:01"
+
+
+@pytest.fixture
+def broker() -> Any:
+    b = Broker()
+    b.start()
+    yield b
+    b.close()
+
+
+async def _reply(client: aiomqtt.Client) -> dict[str, Any]:
+    async for message in client.messages:
+        assert isinstance(message.payload, bytes)
+        reply: dict[str, Any] = json.loads(message.payload)
+        return reply
+    raise AssertionError("the broker closed the stream")
+
+
+@pytest.mark.slow
+async def test_hundred_clients_one_identifier_three_bridges_exactly_one_ok(
+    fault_postgres: Postgres, broker: Broker
+) -> None:
+    url = await new_database(fault_postgres, f"race_{secrets.token_hex(4)}")
+    prefix = f"race-{secrets.token_hex(4)}/provision"
+    settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
+    async with Admin.connect(settings, actor="race") as admin:
+        await admin.add_model("acme", "race-1", kind="mac", claim_required=False)
+        await admin.approve("acme", "race-1", [MAC])
+
+    endpoint = parse_mqtt_url(broker.url)
+    async with (
+        replica_set(database_url=url, mqtt_url=broker.url, prefix=prefix) as replicas,
+        AsyncExitStack() as stack,
+    ):
+        # Everyone connected and subscribed first, so the requests really race.
+        clients = []
+        for n in range(CLIENTS):
+            cid = f"racer-{n:03d}"
+            c = await stack.enter_async_context(mqtt.client(endpoint, cid, persistent=False))
+            await c.subscribe(protocol.reply_topic(prefix, cid), qos=1)
+            clients.append((cid, c))
+        requests = [
+            (
+                cid,
+                c,
+                {"request_id": f"r{n}", "vendor": "acme", "model": "race-1", "identifier": MAC},
+            )
+            for n, (cid, c) in enumerate(clients)
+        ]
+        await asyncio.gather(
+            *(
+                c.publish(protocol.activate_topic(prefix, cid), json.dumps(body).encode(), qos=1)
+                for cid, c, body in requests
+            )
+        )
+        async with asyncio.timeout(30):
+            replies = await asyncio.gather(*(_reply(c) for _, c, _ in requests))
+    served = [r.activations for r in replicas]
+
+    codes = sorted(r["code"] if r["status"] == "error" else "ok" for r in replies)
+    assert codes.count("ok") == 1, codes
+    assert codes.count("already_activated") == CLIENTS - 1, codes
+    assert sum(served) == CLIENTS and sum(n > 0 for n in served) >= 2, served  # really shared
+    winner = next(r for r in replies if r["status"] == "ok")
+    conn = await asyncpg.connect(url)
+    try:
+        key_hash = await conn.fetchval(
+            "SELECT key_hash FROM devices WHERE identifier = $1", "02000000AA01"
+        )
+        fresh = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE action = 'activate' AND code = 'ok'"
+        )
+    finally:
+        await conn.close()
+    assert KeyHasher(TEST_SECRET.encode()).verify(winner["key"], key_hash)
+    assert fresh == 1
