@@ -57,3 +57,14 @@ class AuditEntry:
     identifier_presented: str | None = None
     identifier: str | None = None
     detail: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An HTTP API token as stored: never the token, only what it stands for."""
+
+    id: str
+    role: str
+    subject: str | None
+    created_at: datetime
+    revoked_at: datetime | None

@@ -24,7 +24,7 @@ def docker_engine_answers() -> bool:
     try:
         import docker  # noqa: PLC0415 (only with testcontainers installed)
 
-        docker.from_env(timeout=3).ping()  # type: ignore[attr-defined]
+        docker.from_env(timeout=3).ping()  # type: ignore[attr-defined,unused-ignore]
     except Exception:
         return False
     return True
