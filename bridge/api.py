@@ -142,6 +142,10 @@ class ClaimResponse(_Body):
     device: Device
 
 
+class DeviceList(_Body):
+    devices: list[Device]
+
+
 class ModelRequest(_Body):
     vendor: Name | None = Field(
         default=None, description="an administrator names the vendor; a vendor token implies it"
@@ -382,6 +386,19 @@ async def claim(body: ClaimRequest, ctx: Ctx) -> ClaimResponse:
     else:
         message = f"The {what} {device.identifier} is now in your account."
     return ClaimResponse(message=message, already_yours=result.already_yours, device=device)
+
+
+@router.get(
+    "/devices",
+    response_model=DeviceList,
+    responses=_error_responses(403),
+    tags=["owner"],
+)
+async def my_devices(ctx: Ctx) -> DeviceList:
+    """The devices in my account (at most 500), with the time left in each activation window."""
+    owner = ctx.owner("list their devices")
+    rows = await ctx.store.owner_devices(owner, limit=500)
+    return DeviceList(devices=[_device(row, kind) for row, kind in rows])
 
 
 @router.get(

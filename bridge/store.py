@@ -389,6 +389,23 @@ class Store:
             )
         return DeviceRow(**dict(row)) if row is not None else None
 
+    async def owner_devices(self, owner: str, *, limit: int = 500) -> list[tuple[DeviceRow, str]]:
+        """(device, model kind) of the devices ``owner`` holds, by vendor, model, identifier."""
+        async with _reachable():
+            rows = await self._pool.fetch(
+                """SELECT m.vendor, m.model, d.identifier, d.state, o.name AS owner,
+                          d.window_ends_at, d.activated_at, d.approved_at, d.key_id, m.kind
+                     FROM owners o
+                     JOIN devices d ON d.owner_id = o.id
+                     JOIN models m ON m.id = d.model_id
+                    WHERE o.name = $1
+                    ORDER BY m.vendor, m.model, d.identifier
+                    LIMIT $2""",
+                owner,
+                limit,
+            )
+        return [(DeviceRow(**{k: v for k, v in r.items() if k != "kind"}), r["kind"]) for r in rows]
+
     # -- HTTP API tokens and the claim throttle ---------------------------------
 
     async def add_token(
