@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import socket
@@ -10,8 +11,10 @@ import socket
 import httpx
 
 from bridge.config import Settings
+from bridge.runtime import serve
 from tests.helpers import api_server
 from tests.integration.test_cli import _env, bridge_cli
+from tests.services import free_port
 
 
 async def test_token_create_use_revoke_against_a_running_api(settings: Settings) -> None:
@@ -71,3 +74,22 @@ async def test_api_refuses_a_port_in_use_in_one_sentence(settings: Settings) -> 
     assert run.stderr.strip().startswith(
         f"error: config: the HTTP API cannot listen on 127.0.0.1:{port}"
     )
+
+
+async def test_serve_with_api_answers_http_beside_mqtt(settings: Settings) -> None:
+    port = free_port()
+    both = settings.model_copy(update={"api_host": "127.0.0.1", "api_port": port})
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(both, stop, ready=ready, api=True))
+    try:
+        await asyncio.wait_for(ready.wait(), 15)  # subscribed over MQTT
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(100):
+                with contextlib.suppress(httpx.TransportError):
+                    answer = await http.get("/v1/me")
+                    break
+                await asyncio.sleep(0.05)
+            assert answer.status_code == 401 and answer.json()["code"] == "unauthorized"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
