@@ -1,4 +1,4 @@
-"""The HTTP API and the reference owner page; the only module importing FastAPI and uvicorn.
+"""The HTTP API and the reference owner page; the only module importing FastAPI.
 
 Each route is a thin layer over :class:`bridge.admin.Admin`, like the command
 line: the same operations, the same error codes and sentences, as JSON
@@ -14,35 +14,56 @@ comes from the bearer token (:mod:`bridge.tokens`):
 
 Failed claims are throttled per token (``rate_limited``, 429 with Retry-After),
 so that "did you mean ...?" cannot be used to enumerate approved numbers.
+Bodies live in :mod:`bridge.api_bodies`; :mod:`bridge.webserver` serves the app.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
-import socket
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge import __version__, identifiers
-from bridge.admin import Admin
+from bridge.admin import STATES, Admin
+from bridge.api_bodies import (
+    ActionResponse,
+    ApproveRequest,
+    ApproveResponse,
+    AuditEntryBody,
+    AuditList,
+    BulkApproveRequest,
+    BulkApproveResponse,
+    ClaimRequest,
+    ClaimResponse,
+    Device,
+    DeviceList,
+    DevicePage,
+    ErrorBody,
+    Me,
+    Model,
+    ModelRequest,
+    Refused,
+    TransferRequest,
+    UnapproveRequest,
+    UnapproveResponse,
+    device_body,
+    model_body,
+    printable,
+)
 from bridge.config import Settings
 from bridge.errors import (
     BridgeError,
-    ConfigError,
     Forbidden,
     NotApproved,
     NotFound,
@@ -51,11 +72,9 @@ from bridge.errors import (
     Unavailable,
     UnknownModel,
 )
-from bridge.records import DeviceRow, ModelRow
+from bridge.records import ModelRow
 from bridge.store import Store
 from bridge.tokens import Principal, Role, authenticate
-
-log = logging.getLogger("bridge.api")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -75,140 +94,21 @@ STATUS: dict[str, int] = {
 }
 
 
-# -- request and response bodies ------------------------------------------------
+def _printable_or_none(value: str | None) -> str | None:
+    return None if value is None else printable(value)
 
 
-def _printable(value: str) -> str:
-    # PostgreSQL text cannot hold NUL and asyncpg cannot encode lone surrogates:
-    # refuse them here as a bad request instead of failing in the driver.
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
-Name = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_printable)]
-Number = Annotated[
-    str,
-    Field(min_length=1, max_length=identifiers.MAX_LENGTH, description="as printed on the label"),
-    AfterValidator(_printable),
-]
-VendorPath = Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(_printable)]
-ModelPath = Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(_printable)]
+_Printable = AfterValidator(_printable_or_none)
+# Path parameters: a serial number containing "/" cannot be named in a path.
+VendorPath = Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(printable)]
+ModelPath = Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(printable)]
 NumberPath = Annotated[
-    str, PathParam(min_length=1, max_length=identifiers.MAX_LENGTH), AfterValidator(_printable)
+    str, PathParam(min_length=1, max_length=identifiers.MAX_LENGTH), AfterValidator(printable)
 ]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ErrorBody(_Body):
-    code: str = Field(description="the protocol error code, as the CLI prints it")
-    message: str = Field(description="one sentence for a person")
-    suggestion: str | None = Field(
-        default=None, description='the identifier a "did you mean ...?" refers to'
-    )
-    retry_after: int | None = Field(default=None, description="seconds, with 429 and 503")
-
-
-class Me(_Body):
-    token_id: str
-    role: str
-    subject: str | None
-
-
-class ClaimRequest(_Body):
-    vendor: Name
-    model: Name
-    identifier: Number
-
-
-class Device(_Body):
-    vendor: str
-    model: str
-    identifier: str = Field(description="canonical form, shown the way people read it")
-    state: str = Field(description="approved, claimed, activated or revoked")
-    owner: str | None
-    window_ends_at: datetime | None
-    window_seconds_left: int | None = Field(description="of the open activation window")
-    activated_at: datetime | None
-    approved_at: datetime
-
-
-class ClaimResponse(_Body):
-    message: str
-    already_yours: bool
-    device: Device
-
-
-class DeviceList(_Body):
-    devices: list[Device]
-
-
-class ModelRequest(_Body):
-    vendor: Name | None = Field(
-        default=None, description="an administrator names the vendor; a vendor token implies it"
-    )
-    model: Name
-    kind: identifiers.Kind
-    pattern: Annotated[str, Field(max_length=512), AfterValidator(_printable)] | None = None
-    window_seconds: int = Field(default=86_400, ge=1, le=366 * 86_400)
-    claim_required: bool = True
-
-
-class Model(_Body):
-    vendor: str
-    model: str
-    kind: str
-    pattern: str | None
-    window_seconds: int
-    claim_required: bool
-
-
-class ApproveRequest(_Body):
-    identifiers: list[Number] = Field(min_length=1, max_length=10_000)
-
-
-class ApproveResponse(_Body):
-    added: int
-    already: int
 
 
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody} for status in (401, 422, 503, *codes)}
-
-
-# -- mapping between records and bodies -------------------------------------------
-
-
-def _seconds_left(ends: datetime | None, now: datetime) -> int | None:
-    return None if ends is None else max(0, int((ends - now).total_seconds()))
-
-
-def _device(row: DeviceRow, kind: str) -> Device:
-    return Device(
-        vendor=row.vendor,
-        model=row.model,
-        identifier=identifiers.display(kind, row.identifier),
-        state=row.state,
-        owner=row.owner,
-        window_ends_at=row.window_ends_at,
-        window_seconds_left=_seconds_left(row.window_ends_at, datetime.now(UTC)),
-        activated_at=row.activated_at,
-        approved_at=row.approved_at,
-    )
-
-
-def _model(row: ModelRow) -> Model:
-    return Model(
-        vendor=row.vendor,
-        model=row.model,
-        kind=row.kind,
-        pattern=row.pattern,
-        window_seconds=row.window_seconds,
-        claim_required=row.claim_required,
-    )
 
 
 def error_body(exc: BridgeError) -> dict[str, Any]:
@@ -374,7 +274,7 @@ async def claim(body: ClaimRequest, ctx: Ctx) -> ClaimResponse:
     await ctx.store.give_back_claim_attempt(token_id)
     model = await ctx.admin.model(body.vendor, body.model)
     row = await ctx.admin.show(body.vendor, body.model, result.identifier)
-    device = _device(row, model.kind)
+    device = device_body(row, model.kind)
     what = identifiers.kind_name(model.kind)
     if result.already_yours:
         message = f"The {what} {device.identifier} is already in your account."
@@ -398,7 +298,7 @@ async def my_devices(ctx: Ctx) -> DeviceList:
     """The devices in my account (at most 500), with the time left in each activation window."""
     owner = ctx.owner("list their devices")
     rows = await ctx.store.owner_devices(owner, limit=500)
-    return DeviceList(devices=[_device(row, kind) for row, kind in rows])
+    return DeviceList(devices=[device_body(row, kind) for row, kind in rows])
 
 
 @router.get(
@@ -414,7 +314,28 @@ async def show_device(
     row_model = await ctx.own_model(vendor, model)
     if ctx.principal.role is Role.OWNER:
         return await _owned_device(ctx, row_model, identifier)
-    return _device(await ctx.admin.show(vendor, model, identifier), row_model.kind)
+    return device_body(await ctx.admin.show(vendor, model, identifier), row_model.kind)
+
+
+@router.post(
+    "/devices/{vendor}/{model}/{identifier}/release",
+    response_model=ActionResponse,
+    responses=_error_responses(403, 404, 409),
+    tags=["owner"],
+)
+async def release(
+    vendor: VendorPath, model: ModelPath, identifier: NumberPath, ctx: Ctx
+) -> ActionResponse:
+    """Give a device of mine up: its key stops working and anyone may claim it."""
+    owner = ctx.owner("release devices")
+    row = await ctx.admin.model(vendor, model)
+    await _owned_device(ctx, row, identifier)
+    result = await ctx.admin.release(vendor, model, identifier, owner=owner)
+    return ActionResponse(
+        message=f"The {_named(row, result.identifier)} is no longer in your account; its key "
+        "stopped working and anyone may now claim it.",
+        device=await _device_now(ctx, row, result.identifier),
+    )
 
 
 # -- vendors and administrators ---------------------------------------------
@@ -449,7 +370,7 @@ async def add_model(body: ModelRequest, ctx: Ctx) -> Model:
         window_seconds=body.window_seconds,
         claim_required=body.claim_required,
     )
-    return _model(row)
+    return model_body(row)
 
 
 @router.get(
@@ -461,7 +382,7 @@ async def add_model(body: ModelRequest, ctx: Ctx) -> Model:
 async def show_model(vendor: VendorPath, model: ModelPath, ctx: Ctx) -> Model:
     """One of my models."""
     ctx.vendor_scope("read models")
-    return _model(await ctx.own_model(vendor, model))
+    return model_body(await ctx.own_model(vendor, model))
 
 
 @router.post(
@@ -478,6 +399,182 @@ async def approve(
     await ctx.own_model(vendor, model)
     report = await ctx.admin.approve(vendor, model, body.identifiers)
     return ApproveResponse(added=report.added, already=report.already)
+
+
+@router.post(
+    "/models/{vendor}/{model}/approvals/bulk",
+    response_model=BulkApproveResponse,
+    responses=_error_responses(403, 404),
+    tags=["vendor"],
+)
+async def bulk_approve(
+    vendor: VendorPath, model: ModelPath, body: BulkApproveRequest, ctx: Ctx
+) -> BulkApproveResponse:
+    """Approve rows as in an approval file (ranges ``FIRST..LAST`` too); bad rows are
+    reported and the others loaded, in one transaction. ``dry_run`` writes nothing."""
+    ctx.vendor_scope("approve devices")
+    await ctx.own_model(vendor, model)
+    report = await ctx.admin.approve_rows(
+        vendor, model, enumerate(body.rows, start=1), dry_run=body.dry_run, source="api"
+    )
+    return BulkApproveResponse(
+        added=report.added,
+        already=report.already,
+        duplicates=report.duplicates,
+        refused=[Refused(row=r.line, text=r.text, reason=r.reason) for r in report.refused],
+        dry_run=report.dry_run,
+    )
+
+
+@router.post(
+    "/models/{vendor}/{model}/unapprove",
+    response_model=UnapproveResponse,
+    responses=_error_responses(403, 404, 409),
+    tags=["vendor"],
+)
+async def unapprove(
+    vendor: VendorPath, model: ModelPath, body: UnapproveRequest, ctx: Ctx
+) -> UnapproveResponse:
+    """Take identifiers off the approval list; devices in use need ``force`` (else 409)."""
+    ctx.vendor_scope("unapprove devices")
+    row = await ctx.own_model(vendor, model)
+    report = await ctx.admin.unapprove(vendor, model, body.identifiers, force=body.force)
+    return UnapproveResponse(
+        removed=[identifiers.display(row.kind, i) for i in report.removed],
+        missing=[identifiers.display(row.kind, i) for i in report.missing],
+    )
+
+
+@router.get(
+    "/models/{vendor}/{model}/devices",
+    response_model=DevicePage,
+    responses=_error_responses(403, 404),
+    tags=["vendor"],
+)
+async def list_model_devices(
+    vendor: VendorPath,
+    model: ModelPath,
+    ctx: Ctx,
+    *,
+    state: Annotated[str | None, Query(description=", ".join(STATES)), _Printable] = None,
+    owner: Annotated[str | None, Query(max_length=128), _Printable] = None,
+    after: Annotated[
+        str | None, Query(max_length=identifiers.MAX_LENGTH, description="next_after"), _Printable
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> DevicePage:
+    """One page of a model's devices in identifier order (never a key)."""
+    ctx.vendor_scope("list a model's devices")
+    row = await ctx.own_model(vendor, model)
+    rows = await ctx.admin.list_devices(
+        vendor, model, state=state, owner=owner, after=after, limit=limit
+    )
+    devices = [device_body(r, row.kind) for r in rows]
+    return DevicePage(
+        devices=devices, next_after=devices[-1].identifier if len(devices) == limit else None
+    )
+
+
+@router.post(
+    "/devices/{vendor}/{model}/{identifier}/revoke",
+    response_model=ActionResponse,
+    responses=_error_responses(403, 404, 409),
+    tags=["vendor"],
+)
+async def revoke(
+    vendor: VendorPath, model: ModelPath, identifier: NumberPath, ctx: Ctx
+) -> ActionResponse:
+    """The device's key stops being valid now; it cannot activate until re-enabled."""
+    ctx.vendor_scope("revoke keys")
+    row = await ctx.own_model(vendor, model)
+    result = await ctx.admin.revoke(vendor, model, identifier)
+    return ActionResponse(
+        message=f"The key of the {_named(row, result.identifier)} was revoked; the device "
+        "cannot activate until it is re-enabled.",
+        device=await _device_now(ctx, row, result.identifier),
+    )
+
+
+@router.get(
+    "/audit", response_model=AuditList, responses=_error_responses(403, 404), tags=["vendor"]
+)
+async def audit(
+    ctx: Ctx,
+    *,
+    vendor: Annotated[str | None, Query(max_length=64), _Printable] = None,
+    model: Annotated[str | None, Query(max_length=64), _Printable] = None,
+    identifier: Annotated[str | None, Query(max_length=identifiers.MAX_LENGTH), _Printable] = None,
+    owner: Annotated[str | None, Query(max_length=128), _Printable] = None,
+    client_id: Annotated[str | None, Query(max_length=128), _Printable] = None,
+    code: Annotated[str | None, Query(max_length=64), _Printable] = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditList:
+    """Activation attempts and administrative actions, newest first (never a key).
+    A vendor's token reads only its own models' entries."""
+    ctx.vendor_scope("read the audit log")
+    if ctx.principal.role is Role.VENDOR:
+        if vendor not in (None, ctx.principal.subject):
+            raise Forbidden(
+                f"A token of the vendor {ctx.principal.subject} reads only its own audit entries."
+            )
+        vendor = ctx.principal.subject
+    records = await ctx.admin.audit(
+        vendor=vendor,
+        model=model,
+        identifier=identifier,
+        owner=owner,
+        client_id=client_id,
+        code=code,
+        since=since,
+        limit=limit,
+    )
+    return AuditList(entries=[AuditEntryBody(**asdict(r)) for r in records])
+
+
+# -- owners, vendors and administrators: re-enable; administrators: transfer -------
+
+
+@router.post(
+    "/devices/{vendor}/{model}/{identifier}/reenable",
+    response_model=ActionResponse,
+    responses=_error_responses(403, 404, 409),
+    tags=["owner", "vendor"],
+)
+async def reenable(
+    vendor: VendorPath, model: ModelPath, identifier: NumberPath, ctx: Ctx
+) -> ActionResponse:
+    """Open a new activation window (after a factory reset); the next activation
+    issues a new key. An owner re-enables only their own devices."""
+    row = await ctx.own_model(vendor, model)
+    if ctx.principal.role is Role.OWNER:
+        await _owned_device(ctx, row, identifier)
+    result = await ctx.admin.reenable(vendor, model, identifier)
+    return ActionResponse(
+        message=f"A new activation window is open for the {_named(row, result.identifier)} "
+        f"for {_span(row.window_seconds)}; switch the device on to activate it again.",
+        device=await _device_now(ctx, row, result.identifier),
+    )
+
+
+@router.post(
+    "/devices/{vendor}/{model}/{identifier}/transfer",
+    response_model=ActionResponse,
+    responses=_error_responses(403, 404, 409),
+    tags=["admin"],
+)
+async def transfer(
+    vendor: VendorPath, model: ModelPath, identifier: NumberPath, body: TransferRequest, ctx: Ctx
+) -> ActionResponse:
+    """Move a claimed device to another owner (state and key kept; audited)."""
+    ctx.admin_only("transfer devices")
+    row = await ctx.admin.model(vendor, model)
+    result = await ctx.admin.transfer(vendor, model, identifier, to=body.to)
+    return ActionResponse(
+        message=f"The {_named(row, result.identifier)} now belongs to {body.to} "
+        f"(it was {result.previous_owner}'s).",
+        device=await _device_now(ctx, row, result.identifier),
+    )
 
 
 #: The page runs no inline script and loads nothing from elsewhere.
@@ -502,75 +599,23 @@ async def _owned_device(ctx: _Context, model: ModelRow, identifier: str) -> Devi
             f"{identifiers.display(model.kind, canonical)} of {model.vendor}/{model.model} "
             "in your account."
         )
-    return _device(row, model.kind)
+    return device_body(row, model.kind)
 
 
-# -- serving ----------------------------------------------------------------------
+async def _device_now(ctx: _Context, model: ModelRow, canonical: str) -> Device:
+    return device_body(await ctx.admin.show(model.vendor, model.model, canonical), model.kind)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the caller stops it through an event."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def run_http(
-    app: FastAPI,
-    host: str,
-    port: int,
-    stop: asyncio.Event,
-    *,
-    ready: asyncio.Event | None = None,
-) -> None:
-    """Serve ``app`` until ``stop`` is set; ``ready`` is set once it listens."""
-    server = _Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-        )
+def _named(model: ModelRow, canonical: str) -> str:
+    return (
+        f"{identifiers.kind_name(model.kind)} {identifiers.display(model.kind, canonical)} "
+        f"({model.vendor}/{model.model})"
     )
-    # Bind here rather than in uvicorn, which answers a port in use with sys.exit.
-    sock = _listen(host, port)
-    serving = asyncio.create_task(server.serve(sockets=[sock]), name="bridge-api-http")
-    try:
-        while not server.started and not serving.done():  # noqa: ASYNC110 (a flag, no event)
-            await asyncio.sleep(0.02)
-        if not server.started:
-            await serving
-            raise ConfigError(f"the HTTP API stopped before listening on {host}:{port}")
-        log.info(
-            "HTTP API listening",
-            extra={"event": "api_listening", "url": f"http://{host}:{port}/"},
-        )
-        if ready is not None:
-            ready.set()
-        stopping = asyncio.create_task(stop.wait(), name="bridge-api-stop")
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(15):
-            await asyncio.wait({serving})
-        sock.close()
-    serving.result()  # a crash of the server is a bug: let it be seen
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"the HTTP API cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.setblocking(False)
-    return sock
+def _span(seconds: int) -> str:
+    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 from bridge import __version__, embedded, identifiers, logs, tokens
-from bridge.admin import Admin
+from bridge.admin import STATES, Admin
 from bridge.client import activate_device
 from bridge.config import Settings, load_settings
 from bridge.errors import BridgeError, Malformed
@@ -208,12 +210,34 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         "approve",
         parents=[db],
         help="approve identifiers for a model",
-        description="Put identifiers on a model's approval list.",
+        description="Put identifiers on a model's approval list, from the command line "
+        "or from a file: one identifier per line, or CSV with an 'identifier' column; "
+        "any row may be a range FIRST..LAST. Refused rows are reported by line number "
+        "(exit status 1) and the others are loaded, in one transaction.",
+    )
+    p.add_argument("vendor", metavar="VENDOR")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("identifiers", nargs="*", metavar="IDENTIFIER")
+    p.add_argument("--file", type=Path, metavar="PATH", help="read identifiers from this file")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --file: report what would happen, write nothing",
+    )
+    p.set_defaults(run=_approve)
+
+    p = sub.add_parser(
+        "unapprove",
+        parents=[db],
+        help="take identifiers off a model's approval list",
+        description="Remove identifiers from the approval list. Devices that are claimed, "
+        "activated or revoked are refused (and nothing is removed) unless --force.",
     )
     p.add_argument("vendor", metavar="VENDOR")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("identifiers", nargs="+", metavar="IDENTIFIER")
-    p.set_defaults(run=_approve)
+    p.add_argument("--force", action="store_true", help="remove devices in use too")
+    p.set_defaults(run=_unapprove)
 
     p = sub.add_parser(
         "claim",
@@ -226,6 +250,96 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
     p.add_argument("identifier", metavar="IDENTIFIER")
     p.add_argument("--owner", required=True, metavar="OWNER")
     p.set_defaults(run=_claim)
+
+    p = sub.add_parser(
+        "release",
+        parents=[db],
+        help="an owner gives a device up",
+        description="The owner gives the device up: its key stops being valid and "
+        "another owner may claim it. Only the device's owner can release it.",
+    )
+    _device_arguments(p)
+    p.add_argument("--owner", required=True, metavar="OWNER")
+    p.set_defaults(run=_release)
+
+    p = sub.add_parser(
+        "transfer",
+        parents=[db],
+        help="move a claimed device to another owner (administrator)",
+        description="Move a claimed device to another owner; recorded in the audit log. "
+        "Its state and key are kept.",
+    )
+    _device_arguments(p)
+    p.add_argument("--to", required=True, metavar="OWNER")
+    p.set_defaults(run=_transfer)
+
+    p = sub.add_parser(
+        "reenable",
+        parents=[db],
+        help="open a new activation window (after a factory reset)",
+        description="Open a new activation window for a claimed device. The next "
+        "activation issues a new key; the old one stops being valid at that moment.",
+    )
+    _device_arguments(p)
+    p.add_argument(
+        "--window",
+        type=parse_duration,
+        metavar="DURATION",
+        help="how long the window stays open (default: the model's window)",
+    )
+    p.set_defaults(run=_reenable)
+
+    p = sub.add_parser(
+        "revoke",
+        parents=[db],
+        help="make a device's key invalid now",
+        description="The key stops being valid now; activation answers 'revoked' "
+        "until the device is re-enabled.",
+    )
+    _device_arguments(p)
+    p.set_defaults(run=_revoke)
+
+    p = sub.add_parser(
+        "list",
+        parents=[db],
+        help="list a model's devices, a page at a time",
+        description="Devices of a model in identifier order (never a key). For the next "
+        "page, pass the last identifier shown as --after.",
+    )
+    p.add_argument("vendor", metavar="VENDOR")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--state", choices=STATES)
+    p.add_argument("--owner", metavar="OWNER")
+    p.add_argument("--after", metavar="IDENTIFIER", help="start after this identifier")
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="page size (default 100)")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(run=_list)
+
+    p = sub.add_parser(
+        "audit",
+        parents=[db],
+        help="history of activations and administrative actions",
+        description="Audit entries matching every filter given, newest first (never a key).",
+    )
+    p.add_argument("--vendor", metavar="V")
+    p.add_argument("--model", metavar="M")
+    p.add_argument(
+        "--identifier",
+        metavar="X",
+        help="any spelling; normalized by the model's kind when --vendor and --model are given",
+    )
+    p.add_argument("--owner", metavar="O")
+    p.add_argument("--client-id", metavar="C")
+    p.add_argument("--code", metavar="CODE", help="outcome code, e.g. ok, not_approved, revoked")
+    p.add_argument(
+        "--since",
+        type=parse_since,
+        metavar="TIME",
+        help="ISO 8601 time (UTC unless it says otherwise) or a duration ago: 30m, 24h, 7d",
+    )
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (default 100)")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(run=_audit)
 
     p = sub.add_parser(
         "show",
@@ -266,6 +380,35 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
     p.add_argument("--json", action="store_true", help="print the reply as JSON")
     p.set_defaults(run=_activate)
     return top
+
+
+def _device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("vendor", metavar="VENDOR")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("identifier", metavar="IDENTIFIER")
+
+
+def parse_since(text: str) -> datetime:
+    """An aware datetime from ISO 8601 (naive means UTC) or a duration ago (``24h``)."""
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time; use ISO 8601 (2026-11-26T04:00) or a duration ago (24h)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _actor() -> str:
+    # Who ran the command, for the audit log.
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -348,7 +491,7 @@ async def _token_list(args: argparse.Namespace) -> int:
 
 
 async def _model_add(args: argparse.Namespace) -> int:
-    async with Admin.connect(_settings(args)) as admin:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
         row = await admin.add_model(
             args.vendor,
             args.model,
@@ -364,14 +507,162 @@ async def _model_add(args: argparse.Namespace) -> int:
 
 
 async def _approve(args: argparse.Namespace) -> int:
-    async with Admin.connect(_settings(args)) as admin:
-        report = await admin.approve(args.vendor, args.model, args.identifiers)
-    print(f"approved: {report.added} added, {report.already} already approved")
+    if (args.file is None) == (not args.identifiers):
+        raise Malformed("Give identifiers on the command line or --file PATH (one of the two).")
+    if args.dry_run and args.file is None:
+        raise Malformed("--dry-run applies to --file only.")
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        if args.file is None:
+            simple = await admin.approve(args.vendor, args.model, args.identifiers)
+            print(f"approved: {simple.added} added, {simple.already} already approved")
+            return 0
+        bar = _ProgressBar() if sys.stderr.isatty() else None
+        try:
+            report = await admin.approve_file(
+                args.vendor, args.model, args.file, dry_run=args.dry_run, progress=bar
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+    for refusal in report.refused:
+        print(f"line {refusal.line}: refused: {refusal.reason}", file=sys.stderr)
+    verb = "would be added" if report.dry_run else "added"
+    print(
+        f"{'dry run, nothing written: ' if report.dry_run else 'approved: '}"
+        f"{report.added} {verb}, {report.already} already approved, "
+        f"{len(report.refused)} refused"
+        + (f", {report.duplicates} duplicate(s) ignored" if report.duplicates else "")
+    )
+    return 1 if report.refused else 0
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr (a terminal only)."""
+
+    def __init__(self) -> None:
+        self._shown = False
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if total < 10_000:  # short files finish before a bar would be read
+            return
+        width = 30
+        filled = width * min(done, total) // total
+        sys.stderr.write(
+            f"\r{phase:<9} [{'#' * filled}{'.' * (width - filled)}] {done:>10,}/{total:,}"
+        )
+        sys.stderr.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            sys.stderr.write("\n")
+
+
+async def _unapprove(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        report = await admin.unapprove(args.vendor, args.model, args.identifiers, force=args.force)
+    print(f"unapproved: {len(report.removed)} removed, {len(report.missing)} not approved")
+    return 0
+
+
+async def _release(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        result = await admin.release(args.vendor, args.model, args.identifier, owner=args.owner)
+    print(f"released {result.identifier} by {args.owner}; its key is no longer valid")
+    return 0
+
+
+async def _transfer(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        result = await admin.transfer(args.vendor, args.model, args.identifier, to=args.to)
+    print(f"transferred {result.identifier} from {result.previous_owner} to {args.to}")
+    return 0
+
+
+async def _reenable(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        result = await admin.reenable(
+            args.vendor, args.model, args.identifier, window_seconds=args.window
+        )
+    print(
+        f"re-enabled {result.identifier}; activation window open until "
+        f"{_when(result.window_ends_at)}; the next activation issues a new key"
+    )
+    return 0
+
+
+async def _revoke(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        result = await admin.revoke(args.vendor, args.model, args.identifier)
+    print(f"revoked {result.identifier}; activation answers 'revoked' until re-enabled")
+    return 0
+
+
+def _jsonable(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+async def _list(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        devices = await admin.list_devices(
+            args.vendor,
+            args.model,
+            state=args.state,
+            owner=args.owner,
+            after=args.after,
+            limit=args.limit,
+        )
+    rows = [{k: v for k, v in asdict(d).items() if k != "key_id"} for d in devices]
+    if args.json:
+        print(json.dumps(rows, default=_jsonable))
+    else:
+        for d in devices:
+            print(
+                f"{d.identifier:<24} {d.state:<10} {d.owner or '-':<20} "
+                f"window {_when(d.window_ends_at)}  activated {_when(d.activated_at)}"
+            )
+    if len(devices) == args.limit:
+        print(f"more: --after {devices[-1].identifier}", file=sys.stderr)
+    return 0
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        entries = await admin.audit(
+            vendor=args.vendor,
+            model=args.model,
+            identifier=args.identifier,
+            owner=args.owner,
+            client_id=args.client_id,
+            code=args.code,
+            since=args.since,
+            limit=args.limit,
+        )
+    if args.json:
+        print(json.dumps([asdict(e) for e in entries], default=_jsonable))
+        return 0
+    for e in entries:
+        where = f"{e.vendor}/{e.model}" if e.vendor else "-"
+        extras = " ".join(
+            f"{name}={value}"
+            for name, value in (
+                ("presented", e.identifier_presented),
+                ("client", e.client_id),
+                ("request", e.request_id),
+                ("owner", e.owner),
+                ("by", e.actor),
+            )
+            if value
+        )
+        print(
+            f"{_when(e.at)}  {e.action:<10} {e.code:<18} {where} {e.identifier or '-'}  "
+            f"{extras}{'  (' + e.detail + ')' if e.detail else ''}"
+        )
     return 0
 
 
 async def _claim(args: argparse.Namespace) -> int:
-    async with Admin.connect(_settings(args)) as admin:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
         result = await admin.claim(args.vendor, args.model, args.identifier, owner=args.owner)
     if result.already_yours:
         print(f"{result.identifier} is already claimed by {args.owner}")

@@ -57,6 +57,62 @@ class AuditEntry:
     identifier_presented: str | None = None
     identifier: str | None = None
     detail: str | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One row of the audit log as read back (never a key: the table holds none)."""
+
+    id: int
+    at: datetime
+    action: str
+    code: str
+    actor: str | None
+    client_id: str | None
+    request_id: str | None
+    vendor: str | None
+    model: str | None
+    identifier_presented: str | None
+    identifier: str | None
+    owner: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of ``bridge audit``; None means any. ``identifiers``: canonical candidates."""
+
+    vendor: str | None = None
+    model: str | None = None
+    identifiers: tuple[str, ...] | None = None
+    owner: str | None = None
+    client_id: str | None = None
+    code: str | None = None
+    since: datetime | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class LifecycleOutcome:
+    """The result of release, transfer, reenable or revoke.
+
+    ``status`` is ok or the refusal (not_approved, not_claimed, not_owner,
+    already_theirs, already_revoked); ``owner`` the owner before the change.
+    """
+
+    status: str
+    owner: str | None = None
+    state: str | None = None
+    window_ends_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UnapproveOutcome:
+    removed: list[str]
+    missing: list[str]
+    #: (identifier, owner, state) of devices in use, left alone without force
+    in_use: list[tuple[str, str | None, str]]
 
 
 @dataclass(frozen=True)

@@ -79,9 +79,10 @@ async def serve_api(
 async def _run_api(
     settings: Settings, store: Store, stop: asyncio.Event, ready: asyncio.Event | None
 ) -> None:
-    from bridge import api  # noqa: PLC0415 (FastAPI is loaded only when the API is served)
+    # FastAPI and uvicorn are loaded only when the API is served.
+    from bridge import api, webserver  # noqa: PLC0415
 
-    await api.run_http(
+    await webserver.run_http(
         api.create_app(store, settings), settings.api_host, settings.api_port, stop, ready=ready
     )
 

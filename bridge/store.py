@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,19 @@ from bridge.records import (
     ActivationOutcome,
     ApiToken,
     AuditEntry,
+    AuditQuery,
+    AuditRecord,
     ClaimOutcome,
     DeviceRow,
+    LifecycleOutcome,
     ModelRow,
+    UnapproveOutcome,
 )
 
+#: Bulk statements scale with the file, not with a request: they get this long
+#: instead of the pool's per-statement timeout.
+_BULK_TIMEOUT = 3600.0
+_IMPORT_LOCK = 0x6272_6964  # with a model id: bulk imports into one model take turns
 _MIGRATION_LOCK = 0x6272_6964_6765  # "bridge": one advisory lock id for migrations
 _MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
 
@@ -66,10 +74,28 @@ def migrations() -> list[tuple[int, str, str]]:
     return found
 
 
+# Insert a batch from the staging table and audit each identifier added, in one
+# statement. Sorted, so that rows are locked in one order.
+_BULK_INSERT = """
+WITH added AS (
+    INSERT INTO devices (model_id, identifier, lookalike, window_ends_at)
+    SELECT $1, s.identifier, s.lookalike,
+           CASE WHEN $2::integer IS NULL THEN NULL
+                ELSE now() + make_interval(secs => $2::integer) END
+      FROM approve_staging s
+     ORDER BY s.identifier
+    ON CONFLICT (model_id, identifier) DO NOTHING
+    RETURNING identifier),
+audited AS (
+    INSERT INTO audit_log (action, code, actor, vendor, model, identifier, detail)
+    SELECT 'approve', 'ok', $3, $4, $5, a.identifier, $6 FROM added a)
+SELECT count(*) FROM added
+"""
+
 _AUDIT_INSERT = """
 INSERT INTO audit_log (action, code, actor, client_id, request_id, vendor, model,
-                       identifier_presented, identifier, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                       identifier_presented, identifier, detail, owner)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 """
 
 
@@ -85,6 +111,7 @@ def _audit_args(entry: AuditEntry) -> tuple[Any, ...]:
         entry.identifier_presented,
         entry.identifier,
         entry.detail,
+        entry.owner,
     )
 
 
@@ -309,14 +336,7 @@ class Store:
     ) -> ClaimOutcome:
         """Claim in one transaction; the row lock makes one of two racing owners win."""
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """SELECT d.id, d.state, o.name AS owner, d.window_ends_at
-                     FROM devices d LEFT JOIN owners o ON o.id = d.owner_id
-                    WHERE d.model_id = $1 AND d.identifier = $2
-                    FOR UPDATE OF d""",
-                model.id,
-                identifier,
-            )
+            row = await _lock_device(conn, model.id, identifier)
             if row is None:
                 status, window_ends_at = "not_approved", None
             elif row["owner"] is not None:
@@ -356,6 +376,7 @@ class Store:
                         vendor=model.vendor,
                         model=model.model,
                         identifier=identifier,
+                        owner=owner,
                         detail=f"owner={owner}"
                         + (" (already theirs)" if status == "already_yours" else ""),
                     )
@@ -505,3 +526,423 @@ class Store:
                     WHERE token_id = $1""",
                 token_id,
             )
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def bulk_approver(
+        self, model: ModelRow, *, actor: str, detail: str | None = None, dry_run: bool = False
+    ) -> AsyncIterator[Callable[[Sequence[tuple[str, str]]], Awaitable[tuple[int, int]]]]:
+        """One transaction for a bulk import; yields ``load(pairs) -> (added, already)``.
+
+        Each call streams (canonical, lookalike) pairs, unique across calls, into a
+        temporary table with COPY, then inserts and audits them with one statement:
+        a handful of round trips per batch whatever its size. The transaction
+        commits when the block ends (rolls back on an error, or for ``dry_run``,
+        which only counts). Imports into one model take turns (an advisory lock),
+        so two overlapping files cannot deadlock on each other's rows.
+        """
+        window = None if model.claim_required else model.window_seconds
+        async with _reachable(), self._pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1, ($2 % 2147483647)::integer)",
+                    _IMPORT_LOCK,
+                    model.id,
+                )
+                await conn.execute(
+                    """CREATE TEMPORARY TABLE approve_staging
+                           (identifier text NOT NULL, lookalike text NOT NULL) ON COMMIT DROP"""
+                )
+
+                async def load(pairs: Sequence[tuple[str, str]]) -> tuple[int, int]:
+                    await conn.copy_records_to_table(
+                        "approve_staging",
+                        records=pairs,
+                        columns=("identifier", "lookalike"),
+                        timeout=_BULK_TIMEOUT,
+                    )
+                    if dry_run:
+                        already: int = await conn.fetchval(
+                            """SELECT count(*) FROM approve_staging s
+                                 JOIN devices d
+                                   ON d.model_id = $1 AND d.identifier = s.identifier""",
+                            model.id,
+                            timeout=_BULK_TIMEOUT,
+                        )
+                        added = len(pairs) - already
+                    else:
+                        added = await conn.fetchval(
+                            _BULK_INSERT,
+                            model.id,
+                            window,
+                            actor,
+                            model.vendor,
+                            model.model,
+                            detail,
+                            timeout=_BULK_TIMEOUT,
+                        )
+                    await conn.execute("TRUNCATE approve_staging")
+                    return added, len(pairs) - added
+
+                yield load
+            except BaseException:
+                await tx.rollback()
+                raise
+            if dry_run:
+                await tx.rollback()
+            else:
+                await tx.commit()
+
+    async def unapprove(
+        self, model: ModelRow, identifiers: Sequence[str], *, force: bool, actor: str
+    ) -> UnapproveOutcome:
+        """Remove identifiers; devices in use are left alone (all of them) unless ``force``."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            locked = await conn.fetch(
+                """SELECT id, identifier, state, owner_id FROM devices
+                    WHERE model_id = $1 AND identifier = ANY($2::text[])
+                    ORDER BY identifier
+                    FOR UPDATE""",
+                model.id,
+                list(identifiers),
+            )
+            # Names are read after the lock, in a statement of their own (see _lock_device).
+            names = {
+                r["id"]: r["name"]
+                for r in await conn.fetch(
+                    "SELECT id, name FROM owners WHERE id = ANY($1::bigint[])",
+                    [r["owner_id"] for r in locked if r["owner_id"] is not None],
+                )
+            }
+            rows = [{**dict(r), "owner": names.get(r["owner_id"])} for r in locked]
+            found = {r["identifier"] for r in rows}
+            missing = [i for i in dict.fromkeys(identifiers) if i not in found]
+            in_use = [
+                (r["identifier"], r["owner"], r["state"])
+                for r in rows
+                if r["owner"] is not None or r["state"] != "approved"
+            ]
+            refused = bool(in_use) and not force
+            if not refused:
+                await conn.execute(
+                    "DELETE FROM devices WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+                )
+            entries = [
+                AuditEntry(
+                    "unapprove",
+                    "conflict" if refused and (r["owner"] or r["state"] != "approved") else "ok",
+                    actor=actor,
+                    vendor=model.vendor,
+                    model=model.model,
+                    identifier=r["identifier"],
+                    owner=r["owner"],
+                    detail=f"was {r['state']}" + (" (forced)" if force else ""),
+                )
+                for r in rows
+                if not refused or r["owner"] is not None or r["state"] != "approved"
+            ]
+            await conn.executemany(_AUDIT_INSERT, [_audit_args(e) for e in entries])
+        removed = [] if refused else [r["identifier"] for r in rows]
+        return UnapproveOutcome(removed, missing, in_use)
+
+    async def release(
+        self, model: ModelRow, identifier: str, *, owner: str, actor: str
+    ) -> LifecycleOutcome:
+        """The owner gives the device up: claim closed, key and stored replies gone."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            row = await _lock_device(conn, model.id, identifier)
+            if row is None:
+                status = "not_approved"
+            elif row["owner"] is None:
+                status = "not_claimed"
+            elif row["owner"] != owner:
+                status = "not_owner"
+            else:
+                status = "ok"
+                await _close_claim(conn, row["id"], actor)
+                # A model without a claim step goes back to what approval gave it:
+                # an open window; the others wait for the next owner's claim.
+                await conn.execute(
+                    """UPDATE devices
+                          SET owner_id = NULL, state = 'approved', key_id = NULL, key_hash = NULL,
+                              activated_at = NULL, updated_at = now(),
+                              window_ends_at = CASE WHEN $2::integer IS NULL THEN NULL
+                                  ELSE now() + make_interval(secs => $2::integer) END
+                        WHERE id = $1""",
+                    row["id"],
+                    None if model.claim_required else model.window_seconds,
+                )
+                await conn.execute("DELETE FROM replies WHERE device_id = $1", row["id"])
+            await _audit(
+                conn,
+                model,
+                "release",
+                status,
+                identifier,
+                actor=actor,
+                owner=owner,
+                detail=None if status == "ok" else _holder(row),
+            )
+        return LifecycleOutcome(
+            status, row["owner"] if row else None, row["state"] if row else None
+        )
+
+    async def transfer(
+        self, model: ModelRow, identifier: str, *, to: str, actor: str
+    ) -> LifecycleOutcome:
+        """Move a claimed device to another owner (the chain of ownership gets a new link)."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            row = await _lock_device(conn, model.id, identifier)
+            if row is None:
+                status = "not_approved"
+            elif row["owner"] is None:
+                status = "not_claimed"
+            elif row["owner"] == to:
+                status = "already_theirs"
+            else:
+                status = "ok"
+                await _close_claim(conn, row["id"], actor)
+                owner_id = await _owner_id(conn, to)
+                await conn.execute(
+                    "UPDATE devices SET owner_id = $2, updated_at = now() WHERE id = $1",
+                    row["id"],
+                    owner_id,
+                )
+                await conn.execute(
+                    "INSERT INTO claims (device_id, owner_id) VALUES ($1, $2)", row["id"], owner_id
+                )
+            await _audit(
+                conn,
+                model,
+                "transfer",
+                _audit_code(status),
+                identifier,
+                actor=actor,
+                owner=to,
+                detail=f"from {row['owner']}" if row and row["owner"] else None,
+            )
+        return LifecycleOutcome(
+            status, row["owner"] if row else None, row["state"] if row else None
+        )
+
+    async def reenable(
+        self, model: ModelRow, identifier: str, *, window_seconds: int, actor: str
+    ) -> LifecycleOutcome:
+        """Open a new activation window; the next activation replaces the key."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            row = await _lock_device(conn, model.id, identifier)
+            window_ends_at = None
+            if row is None:
+                status = "not_approved"
+            elif row["owner"] is None and model.claim_required:
+                status = "not_claimed"
+            else:
+                status = "ok"
+                # The key hash stays until the next activation overwrites it: the
+                # old key stops being valid at that moment, not before.
+                window_ends_at = await conn.fetchval(
+                    """UPDATE devices
+                          SET state = $2, updated_at = now(),
+                              window_ends_at = now() + make_interval(secs => $3)
+                        WHERE id = $1
+                    RETURNING window_ends_at""",
+                    row["id"],
+                    "approved" if row["owner"] is None else "claimed",
+                    window_seconds,
+                )
+                # A stored reply would hand the old key to an old request id.
+                await conn.execute("DELETE FROM replies WHERE device_id = $1", row["id"])
+            await _audit(
+                conn,
+                model,
+                "reenable",
+                status,
+                identifier,
+                actor=actor,
+                owner=row["owner"] if row else None,
+                detail=f"was {row['state']}, window {window_seconds}s" if row else None,
+            )
+        return LifecycleOutcome(
+            status, row["owner"] if row else None, row["state"] if row else None, window_ends_at
+        )
+
+    async def revoke(self, model: ModelRow, identifier: str, *, actor: str) -> LifecycleOutcome:
+        """The key stops being valid now; activation answers revoked until re-enabled."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            row = await _lock_device(conn, model.id, identifier)
+            if row is None:
+                status = "not_approved"
+            elif row["state"] == "revoked":
+                status = "already_revoked"
+            elif row["owner"] is None and model.claim_required:
+                status = "not_claimed"
+            else:
+                status = "ok"
+                await conn.execute(
+                    """UPDATE devices
+                          SET state = 'revoked', key_id = NULL, key_hash = NULL,
+                              window_ends_at = NULL, updated_at = now()
+                        WHERE id = $1""",
+                    row["id"],
+                )
+                await conn.execute("DELETE FROM replies WHERE device_id = $1", row["id"])
+            await _audit(
+                conn,
+                model,
+                "revoke",
+                _audit_code(status),
+                identifier,
+                actor=actor,
+                owner=row["owner"] if row else None,
+                detail=f"was {row['state']}" if row else None,
+            )
+        return LifecycleOutcome(
+            status, row["owner"] if row else None, row["state"] if row else None
+        )
+
+    # -- reading ----------------------------------------------------------------
+
+    async def list_devices(
+        self,
+        model: ModelRow,
+        *,
+        state: str | None = None,
+        owner: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[DeviceRow]:
+        """One page of a model's devices in identifier order (keyset paging on ``after``)."""
+        where = ["d.model_id = $1"]
+        args: list[Any] = [model.id, model.vendor, model.model]
+        for clause, value in (
+            ("d.state = ${}", state),
+            ("d.owner_id = (SELECT id FROM owners WHERE name = ${})", owner),
+            ("d.identifier > ${}", after),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(clause.format(len(args)))
+        args.append(limit)
+        sql = f"""SELECT $2::text AS vendor, $3::text AS model, d.identifier, d.state,
+                         o.name AS owner, d.window_ends_at, d.activated_at, d.approved_at,
+                         d.key_id
+                    FROM devices d LEFT JOIN owners o ON o.id = d.owner_id
+                   WHERE {" AND ".join(where)}
+                   ORDER BY d.identifier
+                   LIMIT ${len(args)}"""
+        async with _reachable():
+            rows = await self._pool.fetch(sql, *args)
+        return [DeviceRow(**dict(r)) for r in rows]
+
+    async def audit(self, query: AuditQuery) -> list[AuditRecord]:
+        """Audit entries matching every given filter, newest first."""
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, value in (
+            ("vendor = ${}", query.vendor),
+            ("model = ${}", query.model),
+            (
+                "identifier = ANY(${}::text[])",
+                list(query.identifiers) if query.identifiers else None,
+            ),
+            ("owner = ${}", query.owner),
+            ("client_id = ${}", query.client_id),
+            ("code = ${}", query.code),
+            ("at >= ${}", query.since),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(clause.format(len(args)))
+        if query.code is not None and query.code != "ok":
+            where.append("code <> 'ok'")  # lets the planner prove the partial index applies
+        args.append(query.limit)
+        sql = f"""SELECT id, at, action, code, actor, client_id, request_id, vendor, model,
+                         identifier_presented, identifier, owner, detail
+                    FROM audit_log
+                   {"WHERE " + " AND ".join(where) if where else ""}
+                   ORDER BY at DESC, id DESC
+                   LIMIT ${len(args)}"""
+        async with _reachable():
+            rows = await self._pool.fetch(sql, *args)
+        return [AuditRecord(**dict(r)) for r in rows]
+
+
+async def _lock_device(conn: Any, model_id: int, identifier: str) -> dict[str, Any] | None:
+    """Lock one device row; its fields plus ``owner``, the owner's name (or None)."""
+    row = await conn.fetchrow(
+        """SELECT id, state, owner_id, window_ends_at FROM devices
+            WHERE model_id = $1 AND identifier = $2
+              FOR UPDATE""",
+        model_id,
+        identifier,
+    )
+    if row is None:
+        return None
+    found = dict(row)
+    # The name is read in a statement of its own, after the lock. Under READ
+    # COMMITTED a join in the locking statement would use the snapshot taken
+    # before waiting for the lock, and miss an owner row inserted by the
+    # transaction we waited for: the device would look unclaimed.
+    found["owner"] = (
+        await conn.fetchval("SELECT name FROM owners WHERE id = $1", row["owner_id"])
+        if row["owner_id"] is not None
+        else None
+    )
+    return found
+
+
+def _audit_code(status: str) -> str:
+    # The audit log speaks protocol codes; "already so" refusals are conflicts.
+    return "conflict" if status.startswith("already_") else status
+
+
+def _holder(row: Any) -> str | None:
+    if row is None:
+        return None
+    return f"held by {row['owner']}" if row["owner"] else "not claimed"
+
+
+async def _close_claim(conn: Any, device_id: int, actor: str) -> None:
+    await conn.execute(
+        """UPDATE claims SET released_at = now(), released_by = $2
+            WHERE device_id = $1 AND released_at IS NULL""",
+        device_id,
+        actor,
+    )
+
+
+async def _owner_id(conn: Any, name: str) -> int:
+    owner_id: int = await conn.fetchval(
+        """INSERT INTO owners (name) VALUES ($1)
+           ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+           RETURNING id""",
+        name,
+    )
+    return owner_id
+
+
+async def _audit(
+    conn: Any,
+    model: ModelRow,
+    action: str,
+    code: str,
+    identifier: str,
+    *,
+    actor: str,
+    owner: str | None,
+    detail: str | None,
+) -> None:
+    entry = AuditEntry(
+        action,
+        code,
+        actor=actor,
+        vendor=model.vendor,
+        model=model.model,
+        identifier=identifier,
+        owner=owner,
+        detail=detail,
+    )
+    await conn.execute(_AUDIT_INSERT, *_audit_args(entry))
