@@ -1,5 +1,6 @@
 """The reference owner page in headless Chromium, against the real `bridge api` process:
-sign in with a token, mistype a number, follow "did you mean …?", see the device claimed."""
+sign in with a token, mistype a number, follow "did you mean …?", see the device claimed;
+re-enable and release from the list; the same on a phone-sized screen."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ async def alice_token(admin: Admin) -> str:
     await admin.approve("acme", "thermo-1", [APPROVED, "00:1B:2B:3C:4D:5F"])
     await admin.approve("acme", "plug-3", ["PL-000417"])
     await admin.claim("acme", "plug-3", "PL-000417", owner="alice")
+    await admin.revoke("acme", "plug-3", "PL-000417")  # e.g. the vendor revoked its key
     return (await create_token(admin.store, "owner", "alice", actor="test")).token
 
 
@@ -75,7 +77,9 @@ async def test_owner_follows_the_suggestion_and_sees_the_device_claimed(
     with api_server(settings) as server:
         page = await browser.new_page(viewport={"width": 1100, "height": 900})
         await _sign_in(page, server.url, alice_token)
-        await expect(page.locator(".device")).to_have_count(1)  # the plug claimed beforehand
+        plug = page.locator(".device", has_text="PL-000417")
+        await expect(plug.locator(".state")).to_have_text("revoked")
+        await expect(page.locator(".device")).to_have_count(1)
 
         await _mistype(page)
         await page.click("#suggestion")
@@ -91,7 +95,16 @@ async def test_owner_follows_the_suggestion_and_sees_the_device_claimed(
             re.compile(r"Activation window: 23 h 5\d min left")
         )
         await expect(device.locator(".release")).to_be_visible()
+        await expect(device.locator(".reenable")).to_be_hidden()
+        await expect(plug.locator(".reenable")).to_be_visible()
         await page.screenshot(path=ARTIFACTS / "owner-page.png", full_page=True)
+
+        await plug.locator(".reenable").click()
+        await expect(result).to_contain_text(
+            "A new activation window is open for the serial number PL-000417 (acme/plug-3)"
+        )
+        await expect(plug.locator(".state")).to_have_text("claimed")
+        await expect(plug.locator(".reenable")).to_be_hidden()
         await page.close()
 
         # A phone-sized screen: one column, nothing wider than the viewport.
@@ -104,8 +117,14 @@ async def test_owner_follows_the_suggestion_and_sees_the_device_claimed(
         width = await phone.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
         await phone.screenshot(path=ARTIFACTS / "owner-page-phone.png", full_page=True)
+
+        phone.once("dialog", lambda dialog: dialog.accept())  # "Release …?"
+        await phone.locator(".device", has_text="PL-000417").locator(".release").click()
+        await expect(phone.locator("#result")).to_contain_text("is no longer in your account")
+        await expect(phone.locator(".device")).to_have_count(1)
         await phone.close()
 
     device_row = await admin.show("acme", "thermo-1", APPROVED)
     assert (device_row.owner, device_row.state) == ("alice", "claimed")
+    assert (await admin.show("acme", "plug-3", "PL-000417")).owner is None
     assert (ARTIFACTS / "owner-page.png").stat().st_size > 10_000
