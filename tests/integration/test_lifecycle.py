@@ -295,6 +295,8 @@ async def test_release_claim_by_another_reenable_activate_story(
     await admin.claim("acme", "thermo-1", MAC, owner="bob")
     result = await admin.reenable("acme", "thermo-1", MAC, window_seconds=600)
     assert result.window_ends_at is not None
+    left = (result.window_ends_at - datetime.now(UTC)).total_seconds()
+    assert 590 < left <= 600
 
     # The device retries with its old request id: no replay of the old key.
     second = await activate(settings, MAC, client_id="dev-1", request_id="r-1")
