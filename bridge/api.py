@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -99,6 +99,19 @@ def _printable_or_none(value: str | None) -> str | None:
 
 
 _Printable = AfterValidator(_printable_or_none)
+
+
+def _instant(value: datetime | None) -> datetime | None:
+    # A time without a zone is UTC; one that leaves the calendar in UTC is a bad
+    # request here rather than an overflow in the driver.
+    if value is None:
+        return None
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("is outside the years 1 to 9999 in UTC") from exc
+
+
 # Path parameters: a serial number containing "/" cannot be named in a path.
 VendorPath = Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(printable)]
 ModelPath = Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(printable)]
@@ -507,7 +520,7 @@ async def audit(
     owner: Annotated[str | None, Query(max_length=128), _Printable] = None,
     client_id: Annotated[str | None, Query(max_length=128), _Printable] = None,
     code: Annotated[str | None, Query(max_length=64), _Printable] = None,
-    since: datetime | None = None,
+    since: Annotated[datetime | None, AfterValidator(_instant)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditList:
     """Activation attempts and administrative actions, newest first (never a key).

@@ -203,3 +203,23 @@ async def test_not_owner_from_a_race_is_403(admin: Admin, api: httpx.AsyncClient
     with pytest.raises(NotOwner):
         await admin.release("acme", "thermo-1", MAC, owner="bob")
     assert STATUS[NotOwner.code] == 403
+
+
+async def test_audit_since_takes_naive_and_aware_times(
+    admin: Admin, api: httpx.AsyncClient
+) -> None:
+    administrator = await _bearer(admin, "admin")
+    for since in (
+        "2024-01-01T00:00:00",
+        "2024-01-01T00:00:00+05:00",
+        "9999-12-31T23:59:59Z",
+    ):
+        answer = await api.get("/v1/audit", params={"since": since}, headers=administrator)
+        assert answer.status_code == 200, (since, answer.text)
+    for since in ("yesterday", "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"):
+        answer = await api.get("/v1/audit", params={"since": since}, headers=administrator)
+        assert answer.status_code == 422, (since, answer.text)
+        assert answer.json()["code"] == "malformed"
+    assert (
+        await api.get("/v1/audit", params={"since": "yesterday"}, headers=administrator)
+    ).status_code == 422
