@@ -110,7 +110,7 @@ class ApproveResponse(_Body):
 class BulkApproveRequest(_Body):
     rows: list[Annotated[str, Field(max_length=200), AfterValidator(printable)]] = Field(
         min_length=1,
-        max_length=100_000,
+        max_length=10_000,
         description="identifiers or ranges FIRST..LAST, as in an approval file",
     )
     dry_run: bool = False
