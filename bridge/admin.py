@@ -193,9 +193,11 @@ class Admin:
         except InvalidIdentifier as exc:
             suggestion = await self._suggest(row, number)
             if suggestion:
-                raise InvalidIdentifier(
+                hinted = InvalidIdentifier(
                     exc.kind, exc.presented, f"{exc.reason}; did you mean {suggestion}?"
-                ) from exc
+                )
+                hinted.suggestion = suggestion
+                raise hinted from exc
             raise
         outcome = await self._store.claim(row, canonical, owner=owner, actor=self._actor)
         shown = identifiers.display(row.kind, canonical)
@@ -206,10 +208,12 @@ class Admin:
                 if suggestion
                 else f"please verify the exact {what} on the device's label, or contact the vendor."
             )
-            raise NotApproved(
+            refused = NotApproved(
                 f"You have attempted to add a {what} {shown} that is not approved for this "
                 f"device ({row.vendor}/{row.model}); {hint}"
             )
+            refused.suggestion = suggestion
+            raise refused
         if outcome.status == "claimed_by_other":
             raise ClaimedByOther(
                 f"The {what} {shown} ({row.vendor}/{row.model}) is still claimed by another "

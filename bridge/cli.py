@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bridge import __version__, embedded, identifiers, logs
+from bridge import __version__, embedded, identifiers, logs, tokens
 from bridge.admin import STATES, Admin
 from bridge.client import activate_device
 from bridge.config import Settings, load_settings
@@ -124,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         metavar="HOST:PORT",
         help="serve /metrics, /healthz and /readyz here (env BRIDGE_METRICS_ADDR; default off)",
     )
+    p.add_argument(
+        "--api",
+        action="store_true",
+        help="also serve the HTTP API and owner page (see `bridge api`)",
+    )
+    p.add_argument("--api-host", metavar="HOST", help="API address (env BRIDGE_API_HOST)")
+    p.add_argument("--api-port", type=int, metavar="PORT", help="API port (env BRIDGE_API_PORT)")
     p.set_defaults(run=_serve)
 
     p = sub.add_parser(
@@ -140,6 +147,57 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         help="the running bridge's metrics listener (env BRIDGE_METRICS_ADDR)",
     )
     p.set_defaults(run=_check)
+
+    p = sub.add_parser(
+        "api",
+        parents=[db],
+        help="serve the HTTP API and the owner page",
+        description="Serve the HTTP API (OpenAPI document at /openapi.json) and the "
+        "reference owner page at / until SIGTERM/SIGINT. Requests need a token from "
+        "`bridge token create`.",
+    )
+    p.add_argument(
+        "--host",
+        dest="api_host",
+        metavar="HOST",
+        help="address to listen on (env BRIDGE_API_HOST; default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        dest="api_port",
+        type=int,
+        metavar="PORT",
+        help="port to listen on (env BRIDGE_API_PORT; default 8080)",
+    )
+    p.set_defaults(run=_api)
+
+    token = sub.add_parser("token", help="manage HTTP API tokens").add_subparsers(
+        dest="token_command", required=True, metavar="ACTION"
+    )
+    p = token.add_parser(
+        "create",
+        parents=[db],
+        help="create an API token (printed once)",
+        description="Create a bearer token for the HTTP API. It is printed once; "
+        "only its hash is stored.",
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--owner", metavar="OWNER", help="an owner: claims and manages own devices")
+    who.add_argument("--vendor", metavar="VENDOR", help="a vendor: manages its own models")
+    who.add_argument("--admin", action="store_true", help="an administrator: everything")
+    p.set_defaults(run=_token_create)
+    p = token.add_parser(
+        "revoke",
+        parents=[db],
+        help="revoke an API token",
+        description="Revoke a token by the id `bridge token create` printed.",
+    )
+    p.add_argument("token_id", metavar="TOKEN_ID")
+    p.set_defaults(run=_token_revoke)
+    p = token.add_parser(
+        "list", parents=[db], help="list API tokens", description="Ids, roles and names of tokens."
+    )
+    p.set_defaults(run=_token_list)
 
     model = sub.add_parser("model", help="manage device models").add_subparsers(
         dest="model_command", required=True, metavar="ACTION"
@@ -390,6 +448,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "max_in_flight",
         "dev",
         "metrics_addr",
+        "api_host",
+        "api_port",
     )
     return load_settings(**{n: getattr(args, n, None) for n in names})
 
@@ -410,7 +470,50 @@ async def _serve(args: argparse.Namespace) -> int:
     from bridge.runtime import serve  # noqa: PLC0415 (keeps aiomqtt out of admin commands)
 
     logs.configure()
-    await serve(_settings(args))
+    await serve(_settings(args), api=args.api)
+    return 0
+
+
+async def _api(args: argparse.Namespace) -> int:
+    from bridge.runtime import serve_api  # noqa: PLC0415 (as above)
+
+    logs.configure()
+    await serve_api(_settings(args))
+    return 0
+
+
+async def _token_create(args: argparse.Namespace) -> int:
+    if args.admin:
+        role, subject = "admin", None
+    elif args.vendor is not None:
+        role, subject = "vendor", args.vendor
+    else:
+        role, subject = "owner", args.owner
+    async with Admin.connect(_settings(args)) as admin:
+        issued = await tokens.create_token(admin.store, role, subject)
+    who = f"{role} {subject}" if subject else "an administrator"
+    print(f"created token {issued.record.id} for {who}; it is shown only this once:")
+    print(issued.token)
+    return 0
+
+
+async def _token_revoke(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args)) as admin:
+        record = await tokens.revoke_token(admin.store, args.token_id)
+    print(
+        f"revoked token {record.id} ({record.role}{' ' + record.subject if record.subject else ''})"
+    )
+    return 0
+
+
+async def _token_list(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args)) as admin:
+        records = await admin.store.tokens()
+    for r in records:
+        state = f"revoked {_when(r.revoked_at)}" if r.revoked_at else "active"
+        print(
+            f"{r.id}  {r.role:<6}  {r.subject or '-':<24}  created {_when(r.created_at)}  {state}"
+        )
     return 0
 
 

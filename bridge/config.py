@@ -129,6 +129,16 @@ class Settings(BaseSettings):
         default="devices/{client_id}/#",
         description="The topic filter a device's broker login may publish and subscribe to.",
     )
+    api_host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
+    api_port: int = Field(default=8080, ge=1, le=65535, description="Port of the HTTP API.")
+    api_claim_failures: int = Field(
+        default=10,
+        ge=1,
+        description="Failed claims one API token may make per throttle window (then 429).",
+    )
+    api_claim_window_seconds: int = Field(
+        default=60, ge=1, description="The claim throttle window, from the first failure."
+    )
 
     @field_validator("topic_prefix")
     @classmethod

@@ -18,6 +18,9 @@ the boundary that meets them, with ``raise ... from exc``::
     │   ├── ClaimedByOther          "claimed_by_other" (owner side only)
     │   ├── NotOwner                "not_owner" (owner side only)
     │   ├── Conflict                "conflict" (e.g. a model that already exists)
+    │   ├── NotFound                "not_found" (HTTP API: nothing of yours by that name)
+    │   ├── Unauthorized            "unauthorized" (HTTP API: no valid token)
+    │   ├── Forbidden               "forbidden" (HTTP API: the token's role may not do that)
     │   └── RateLimited             "rate_limited" (retry_after)
     ├── Unavailable                 "unavailable" (retry_after): the database is down
     ├── BrokerAdminError            "broker": the broker did not take a login change
@@ -41,7 +44,13 @@ class BridgeError(Exception):
 
 
 class RequestError(BridgeError):
-    """A request was refused; the requester gets ``code`` and ``message``."""
+    """A request was refused; the requester gets ``code`` and ``message``.
+
+    ``suggestion`` is set when the message asks "did you mean ...?", so that a
+    portal can offer the suggested identifier as a link.
+    """
+
+    suggestion: str | None = None
 
 
 class Malformed(RequestError):
@@ -97,6 +106,18 @@ class NotOwner(RequestError):
 
 class Conflict(RequestError):
     code = "conflict"
+
+
+class NotFound(RequestError):
+    code = "not_found"
+
+
+class Unauthorized(RequestError):
+    code = "unauthorized"
+
+
+class Forbidden(RequestError):
+    code = "forbidden"
 
 
 class RateLimited(RequestError):

@@ -135,3 +135,14 @@ class UnapproveOutcome:
     missing: list[str]
     #: (identifier, owner, state) of devices in use, left alone without force
     in_use: list[tuple[str, str | None, str]]
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An HTTP API token as stored: never the token, only what it stands for."""
+
+    id: str
+    role: str
+    subject: str | None
+    created_at: datetime
+    revoked_at: datetime | None

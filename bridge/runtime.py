@@ -1,7 +1,8 @@
-"""Wiring for ``bridge serve``: settings in, a running service out, until a signal.
+"""Wiring for ``bridge serve`` and ``bridge api``: settings in, services out, until a signal.
 
 Builds the store, the provisioner and the MQTT service from one settings object,
-runs them beside a housekeeping task, and stops all of it on SIGTERM/SIGINT.
+runs them beside a housekeeping task (and the HTTP API when asked), and stops all
+of it on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ async def serve(
     *,
     ready: asyncio.Event | None = None,
     metrics: Metrics | None = None,
+    api: bool = False,
 ) -> None:
     """Run the bridge until ``stop`` is set or a SIGTERM/SIGINT arrives.
 
     ``ready`` is set while the bridge is subscribed and serving; ``metrics`` (a fresh
     registry by default) is what ``/metrics`` shows when ``BRIDGE_METRICS_ADDR`` is set.
+    With ``api``, the HTTP API and owner page are served beside it, on the same store.
     """
     secret = settings.server_secret()  # refuse to start without one, before anything else
     stop = stop or asyncio.Event()
@@ -77,6 +80,8 @@ async def serve(
                         _purge(store, stop, settings.rate_limit_window_seconds),
                         name="bridge-purge",
                     )
+                    if api:
+                        tg.create_task(_run_api(settings, store, stop, None), name="bridge-api")
                     await service.run(stop)
     log.info("stopped", extra={"event": "stopped"})
 
@@ -113,6 +118,33 @@ async def _device_logins(
         topics=settings.device_topics,
     ) as dynsec:
         yield dynsec
+
+
+async def serve_api(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run only the HTTP API and owner page (`bridge api`) until ``stop`` or a signal."""
+    stop = stop or asyncio.Event()
+    dsn = embedded.database_url(settings)
+    async with Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store:
+        await _check_schema(store, migrate=embedded.is_embedded_database(settings))
+        with _signals_set(stop):
+            await _run_api(settings, store, stop, ready)
+    log.info("stopped", extra={"event": "stopped"})
+
+
+async def _run_api(
+    settings: Settings, store: Store, stop: asyncio.Event, ready: asyncio.Event | None
+) -> None:
+    # FastAPI and uvicorn are loaded only when the API is served.
+    from bridge import api, webserver  # noqa: PLC0415
+
+    await webserver.run_http(
+        api.create_app(store, settings), settings.api_host, settings.api_port, stop, ready=ready
+    )
 
 
 async def _check_schema(store: Store, *, migrate: bool) -> None:

@@ -19,6 +19,7 @@ import asyncpg
 from bridge.errors import ConfigError, Unavailable
 from bridge.records import (
     ActivationOutcome,
+    ApiToken,
     AuditEntry,
     AuditQuery,
     AuditRecord,
@@ -481,6 +482,123 @@ class Store:
                 model.model,
             )
         return DeviceRow(**dict(row)) if row is not None else None
+
+    async def owner_devices(self, owner: str, *, limit: int = 500) -> list[tuple[DeviceRow, str]]:
+        """(device, model kind) of the devices ``owner`` holds, by vendor, model, identifier."""
+        async with _reachable():
+            rows = await self._pool.fetch(
+                """SELECT m.vendor, m.model, d.identifier, d.state, o.name AS owner,
+                          d.window_ends_at, d.activated_at, d.approved_at, d.key_id, m.kind
+                     FROM owners o
+                     JOIN devices d ON d.owner_id = o.id
+                     JOIN models m ON m.id = d.model_id
+                    WHERE o.name = $1
+                    ORDER BY m.vendor, m.model, d.identifier
+                    LIMIT $2""",
+                owner,
+                limit,
+            )
+        return [(DeviceRow(**{k: v for k, v in r.items() if k != "kind"}), r["kind"]) for r in rows]
+
+    # -- HTTP API tokens and the claim throttle ---------------------------------
+
+    async def add_token(
+        self, *, token_id: str, role: str, subject: str | None, token_hash: bytes, actor: str
+    ) -> ApiToken:
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """INSERT INTO api_tokens (id, role, subject, token_hash) VALUES ($1, $2, $3, $4)
+                   RETURNING id, role, subject, created_at, revoked_at""",
+                token_id,
+                role,
+                subject,
+                token_hash,
+            )
+            entry = AuditEntry(
+                "token_create",
+                "ok",
+                actor=actor,
+                detail=f"id={token_id} role={role}" + (f" subject={subject}" if subject else ""),
+            )
+            await conn.execute(_AUDIT_INSERT, *_audit_args(entry))
+        assert row is not None
+        return ApiToken(**dict(row))
+
+    async def revoke_token(self, token_id: str, *, actor: str) -> ApiToken | None:
+        """The revoked token (revoking twice keeps the first time), or None if unknown."""
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())
+                    WHERE id = $1
+                RETURNING id, role, subject, created_at, revoked_at""",
+                token_id,
+            )
+            if row is not None:
+                entry = AuditEntry("token_revoke", "ok", actor=actor, detail=f"id={token_id}")
+                await conn.execute(_AUDIT_INSERT, *_audit_args(entry))
+        return ApiToken(**dict(row)) if row is not None else None
+
+    async def token_by_hash(self, token_hash: bytes) -> ApiToken | None:
+        async with _reachable():
+            row = await self._pool.fetchrow(
+                """SELECT id, role, subject, created_at, revoked_at
+                     FROM api_tokens WHERE token_hash = $1""",
+                token_hash,
+            )
+        return ApiToken(**dict(row)) if row is not None else None
+
+    async def tokens(self) -> list[ApiToken]:
+        async with _reachable():
+            rows = await self._pool.fetch(
+                """SELECT id, role, subject, created_at, revoked_at
+                     FROM api_tokens ORDER BY created_at"""
+            )
+        return [ApiToken(**dict(r)) for r in rows]
+
+    async def take_claim_attempt(self, token_id: str, *, limit: int, window_seconds: int) -> int:
+        """Count one claim attempt against the token; 0 if allowed, else seconds to wait.
+
+        The attempt is counted before the claim runs (and given back when it
+        succeeds), so concurrent requests from many processes never exceed
+        ``limit`` failures in one window.
+        """
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
+            counted = await conn.fetchval(
+                """INSERT INTO api_claim_throttle AS t (token_id, window_start, failures)
+                   VALUES ($1, now(), 1)
+                   ON CONFLICT (token_id) DO UPDATE
+                      SET window_start = CASE WHEN t.window_start
+                                + make_interval(secs => $3) <= now()
+                              THEN now() ELSE t.window_start END,
+                          failures = CASE WHEN t.window_start
+                                + make_interval(secs => $3) <= now()
+                              THEN 1 ELSE t.failures + 1 END
+                    WHERE t.window_start + make_interval(secs => $3) <= now()
+                       OR t.failures < $2
+                RETURNING failures""",
+                token_id,
+                limit,
+                window_seconds,
+            )
+            if counted is not None:
+                return 0
+            wait: int = await conn.fetchval(
+                """SELECT greatest(1, ceil(extract(epoch FROM
+                              window_start + make_interval(secs => $2) - now())))::integer
+                     FROM api_claim_throttle WHERE token_id = $1""",
+                token_id,
+                window_seconds,
+            )
+        return wait
+
+    async def give_back_claim_attempt(self, token_id: str) -> None:
+        """Uncount an attempt that did not fail (only failures are throttled)."""
+        async with _reachable():
+            await self._pool.execute(
+                """UPDATE api_claim_throttle SET failures = greatest(failures - 1, 0)
+                    WHERE token_id = $1""",
+                token_id,
+            )
 
     # -- lifecycle --------------------------------------------------------------
 

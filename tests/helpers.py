@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bridge.client import ActivationResult, activate_device
@@ -11,6 +18,7 @@ from bridge.config import Settings
 from bridge.embedded import client_endpoint
 from bridge.metrics import Metrics
 from bridge.runtime import serve
+from tests.services import free_port, wait_for_port
 
 
 @dataclass
@@ -85,3 +93,40 @@ async def raw_exchange(
             reply: dict[str, Any] = json.loads(message.payload)
             return reply
     raise AssertionError("the broker closed the stream")
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@contextlib.contextmanager
+def api_server(settings: Settings, **env: str) -> Iterator[ApiServer]:
+    """`bridge api` as a real process on a free port, on the test's database."""
+    assert settings.database_url is not None
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    environment.update(BRIDGE_DATABASE_URL=settings.database_url.get_secret_value(), **env)
+    log = Path(tempfile.mkdtemp(prefix="bridge-api-")) / "api.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "api", "--host", "127.0.0.1", "--port", str(port)],
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        try:
+            wait_for_port("127.0.0.1", port, process, "bridge api")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{log.read_text()}") from exc
+        yield ApiServer(f"http://127.0.0.1:{port}", process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

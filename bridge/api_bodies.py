@@ -1,0 +1,203 @@
+"""Request and response bodies of the HTTP API, and how records become them.
+
+Pydantic models only (no web framework here): :mod:`bridge.api` declares its
+routes with them, and FastAPI turns them into the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from bridge import identifiers
+from bridge.records import DeviceRow, ModelRow
+
+
+def printable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL and asyncpg cannot encode lone surrogates:
+    # refuse them here as a bad request instead of failing in the driver.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(printable)]
+Number = Annotated[
+    str,
+    Field(min_length=1, max_length=identifiers.MAX_LENGTH, description="as printed on the label"),
+    AfterValidator(printable),
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorBody(_Body):
+    code: str = Field(description="the protocol error code, as the CLI prints it")
+    message: str = Field(description="one sentence for a person")
+    suggestion: str | None = Field(
+        default=None, description='the identifier a "did you mean ...?" refers to'
+    )
+    retry_after: int | None = Field(default=None, description="seconds, with 429 and 503")
+
+
+class Me(_Body):
+    token_id: str
+    role: str
+    subject: str | None
+
+
+class ClaimRequest(_Body):
+    vendor: Name
+    model: Name
+    identifier: Number
+
+
+class Device(_Body):
+    vendor: str
+    model: str
+    identifier: str = Field(description="canonical form, shown the way people read it")
+    state: str = Field(description="approved, claimed, activated or revoked")
+    owner: str | None
+    window_ends_at: datetime | None
+    window_seconds_left: int | None = Field(description="of the open activation window")
+    activated_at: datetime | None
+    approved_at: datetime
+
+
+class ClaimResponse(_Body):
+    message: str
+    already_yours: bool
+    device: Device
+
+
+class DeviceList(_Body):
+    devices: list[Device]
+
+
+class ModelRequest(_Body):
+    vendor: Name | None = Field(
+        default=None, description="an administrator names the vendor; a vendor token implies it"
+    )
+    model: Name
+    kind: identifiers.Kind
+    pattern: Annotated[str, Field(max_length=512), AfterValidator(printable)] | None = None
+    window_seconds: int = Field(default=86_400, ge=1, le=366 * 86_400)
+    claim_required: bool = True
+
+
+class Model(_Body):
+    vendor: str
+    model: str
+    kind: str
+    pattern: str | None
+    window_seconds: int
+    claim_required: bool
+
+
+class ApproveRequest(_Body):
+    identifiers: list[Number] = Field(min_length=1, max_length=10_000)
+
+
+class ApproveResponse(_Body):
+    added: int
+    already: int
+
+
+class BulkApproveRequest(_Body):
+    rows: list[Annotated[str, Field(max_length=200), AfterValidator(printable)]] = Field(
+        min_length=1,
+        max_length=10_000,
+        description="identifiers or ranges FIRST..LAST, as in an approval file",
+    )
+    dry_run: bool = False
+
+
+class Refused(_Body):
+    row: int = Field(description="1-based position in rows")
+    text: str
+    reason: str
+
+
+class BulkApproveResponse(_Body):
+    added: int
+    already: int
+    duplicates: int
+    refused: list[Refused]
+    dry_run: bool
+
+
+class UnapproveRequest(_Body):
+    identifiers: list[Number] = Field(min_length=1, max_length=10_000)
+    force: bool = Field(default=False, description="also remove claimed or activated devices")
+
+
+class UnapproveResponse(_Body):
+    removed: list[str]
+    missing: list[str]
+
+
+class DevicePage(_Body):
+    devices: list[Device]
+    next_after: str | None = Field(description="pass as `after` for the next page")
+
+
+class ActionResponse(_Body):
+    message: str = Field(description="what happened, in one sentence")
+    device: Device
+
+
+class TransferRequest(_Body):
+    to: Annotated[str, Field(min_length=1, max_length=128), AfterValidator(printable)]
+
+
+class AuditEntryBody(_Body):
+    id: int
+    at: datetime
+    action: str
+    code: str
+    actor: str | None
+    client_id: str | None
+    request_id: str | None
+    vendor: str | None
+    model: str | None
+    identifier_presented: str | None
+    identifier: str | None
+    owner: str | None
+    detail: str | None
+
+
+class AuditList(_Body):
+    entries: list[AuditEntryBody]
+
+
+def seconds_left(ends: datetime | None, now: datetime) -> int | None:
+    return None if ends is None else max(0, int((ends - now).total_seconds()))
+
+
+def device_body(row: DeviceRow, kind: str) -> Device:
+    return Device(
+        vendor=row.vendor,
+        model=row.model,
+        identifier=identifiers.display(kind, row.identifier),
+        state=row.state,
+        owner=row.owner,
+        window_ends_at=row.window_ends_at,
+        window_seconds_left=seconds_left(row.window_ends_at, datetime.now(UTC)),
+        activated_at=row.activated_at,
+        approved_at=row.approved_at,
+    )
+
+
+def model_body(row: ModelRow) -> Model:
+    return Model(
+        vendor=row.vendor,
+        model=row.model,
+        kind=row.kind,
+        pattern=row.pattern,
+        window_seconds=row.window_seconds,
+        claim_required=row.claim_required,
+    )
