@@ -24,6 +24,7 @@ from bridge.config import Settings, load_settings
 from bridge.errors import BridgeError, Malformed
 
 _DURATION = re.compile(r"(\d+)([smhd]?)")
+_LONGEST_SECONDS = 2**31 - 1
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -35,7 +36,10 @@ def parse_duration(text: str) -> int:
             f"{text!r} is not a duration; use seconds or a number with s, m, h or d "
             "(e.g. 30m, 24h, 7d)"
         )
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > _LONGEST_SECONDS:  # windows are stored as a 32-bit count of seconds
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than {_LONGEST_SECONDS} seconds")
+    return seconds
 
 
 class _Parser(argparse.ArgumentParser):
@@ -414,18 +418,25 @@ def _device_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_since(text: str) -> datetime:
-    """An aware datetime from ISO 8601 (naive means UTC) or a duration ago (``24h``)."""
+    """An aware UTC datetime from ISO 8601 (naive means UTC) or a duration ago (``24h``)."""
     try:
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+        ago: int | None = parse_duration(text)
     except argparse.ArgumentTypeError:
-        pass
+        ago = None
     try:
+        if ago is not None:
+            return datetime.now(UTC) - timedelta(seconds=ago)
         when = datetime.fromisoformat(text.strip())
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a time; use ISO 8601 (2026-11-26T04:00) or a duration ago (24h)"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    except OverflowError:
+        # Checked here rather than overflowing later in the database driver.
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is outside the years 1 to 9999 in UTC"
+        ) from None
 
 
 def _actor() -> str:

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from bridge.cli import parse_duration
+from bridge.cli import parse_duration, parse_since
 from bridge.config import DEV_SECRET, Settings, load_settings, parse_mqtt_url
 from bridge.errors import ConfigError
 
@@ -78,3 +78,24 @@ def test_device_topics_must_name_the_client_id() -> None:
     assert Settings(device_topics="d/{client_id}/+").device_topics == "d/{client_id}/+"
     with pytest.raises(ValueError, match="client_id"):
         Settings(device_topics="devices/#")
+
+
+@pytest.mark.parametrize(
+    "text", ["9999-12-31T23:59:59-05:00", "99999999999d", "0001-01-01T00:00+01:00"]
+)
+def test_since_outside_the_calendar_is_a_usage_error(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="outside the years"):
+        parse_since(text)
+
+
+def test_since_forms() -> None:
+    assert parse_since("2026-11-26T04:00").isoformat() == "2026-11-26T04:00:00+00:00"
+    assert parse_since("2026-11-26T04:00+02:00").isoformat() == "2026-11-26T02:00:00+00:00"
+    with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
+        parse_since("yesterday")
+
+
+def test_durations_longer_than_a_stored_window_are_refused() -> None:
+    assert parse_duration("24855d") == 24855 * 86400  # just under 2**31 seconds
+    with pytest.raises(argparse.ArgumentTypeError, match="longer than"):
+        parse_duration("99999999999d")
