@@ -80,9 +80,7 @@ def test_device_topics_must_name_the_client_id() -> None:
         Settings(device_topics="devices/#")
 
 
-@pytest.mark.parametrize(
-    "text", ["9999-12-31T23:59:59-05:00", "99999999999d", "0001-01-01T00:00+01:00"]
-)
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00+01:00"])
 def test_since_outside_the_calendar_is_a_usage_error(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="outside the years"):
         parse_since(text)
