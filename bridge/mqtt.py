@@ -6,6 +6,7 @@ credentials and MQTT 5 session settings are decided once.
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import aiomqtt
@@ -44,6 +45,9 @@ def client(
         tls_context=tls_context,
         max_inflight_messages=max_inflight,
         timeout=10,
+        # Requests and replies are small packets answered at once: Nagle's algorithm
+        # would hold one back until the peer's delayed ACK (about 40 ms on Linux).
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
 
 
