@@ -224,15 +224,22 @@ def hot_spots(path: Path, top: int = 30) -> str:
     if not path.exists():
         return f"py-spy wrote no profile to {path}"
     inclusive: collections.Counter[str] = collections.Counter()
+    by_package: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
         total += n
+        leaf = stack.split(";")[-1]
+        where = leaf.rsplit("(", 1)[-1]
+        package = where.split("site-packages/")[-1].split("/")[0] if "/" in where else where
+        by_package[package.split(":")[0]] += n
         for frame in set(stack.split(";")):
             inclusive[frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].rstrip(")")] += n
-    rows = [f"py-spy: {total} samples of the bridge (idle included), top by inclusive share:"]
+    rows = [f"py-spy: {total} samples of the bridge (idle excluded), top by inclusive share:"]
     rows += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
+    rows.append("self time by package (where the leaf frame is):")
+    rows += [f"  {100 * n / total:5.1f}%  {name}" for name, n in by_package.most_common(12)]
     return "\n".join(rows)
 
 

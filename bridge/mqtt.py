@@ -6,6 +6,7 @@ credentials and MQTT 5 session settings are decided once.
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 
@@ -53,10 +54,20 @@ def client(
 
 def reply_properties(expiry_seconds: int, correlation_data: bytes | None) -> Properties:
     """PUBLISH properties of a reply: expiry always, correlation data when the request had it."""
+    if correlation_data is None:
+        return _expiry_only(expiry_seconds)
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.MessageExpiryInterval = expiry_seconds
-    if correlation_data is not None:
-        props.CorrelationData = correlation_data
+    props.CorrelationData = correlation_data
+    return props
+
+
+@functools.cache
+def _expiry_only(expiry_seconds: int) -> Properties:
+    # Building paho Properties costs about as much as parsing the request; most replies
+    # carry no correlation data, so they share one object (paho only reads it to pack).
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.MessageExpiryInterval = expiry_seconds
     return props
 
 
