@@ -487,13 +487,17 @@ def report(sizes: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 f"Bridge RSS after {s['rss']['activations']:,} activations: "
                 f"{s['rss']['rss_mb']} MB (peak {s['rss']['peak_rss_mb']} MB)."
             )
-        cpu = be.get("cpu_per_s", {})
-        lines += [
-            "CPU in cores during the bridge closed loop: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
-            + ".",
-            "",
-        ]
+        for name, run in (("bridge", be), ("echo", ee), ("database ceiling", db)):
+            cores = run.get("cpu_per_s", {})
+            per = run.get("cpu_ms_per_activation", {})
+            lines.append(
+                f"CPU during the {name} closed loop, cores: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in cores.items())
+                + "; ms per activation: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in per.items() if v and v > 0.005)
+                + "."
+            )
+        lines.append("")
     if len(sizes) >= 2:
         small, large = sizes[0], sizes[-1]
         a = find(small["runs"], "bridge", "closed", args.in_flight)["throughput"]
@@ -579,7 +583,17 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
 
 
 def write_outputs(out: dict[str, Any], args: argparse.Namespace, workdir: Path) -> None:
-    print("\n" + report(out["sizes"], args))
+    text = report(out["sizes"], args)
+    print("\n" + text)
+    if args.markdown:
+        m = out["machine"]
+        head = (
+            f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gb']} GB, Python "
+            f"{m['python']}; load average {m['load_before']} before, {m['load_after']} after.\n"
+            f"PostgreSQL: {out['postgres']}.\n\n"
+        )
+        Path(args.markdown).write_text(head + text + "\n")
+        print(f"tables written to {args.markdown}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
         print(f"figures written to {args.json}")
@@ -610,6 +624,7 @@ def main() -> None:
     )
     parser.add_argument("--json", default="bench/results.json", help="figures as JSON")
     parser.add_argument("--plot", default="docs/performance.png", help="PNG plot path")
+    parser.add_argument("--markdown", default="bench/results.md", help="the tables, as Markdown")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -623,7 +638,7 @@ def main() -> None:
             2.0,
             0,
         )
-        args.json, args.plot = "", ""
+        args.json, args.plot, args.markdown = "", "", ""
     try:
         import uvloop
 
