@@ -96,7 +96,8 @@ class Store:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._batcher = _ActivationBatcher(pool, senders=pool.get_max_size())
+        senders = min(_ACTIVATION_SENDERS, pool.get_max_size())
+        self._batcher = _ActivationBatcher(pool, senders=senders)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -412,6 +413,12 @@ SELECT r.n, a.code, a.replay, a.window_ends_at
  ORDER BY r.n
 """
 _BATCH_MAX = 32
+# Activation statements in flight at once. Few senders mean fuller batches: on the 2-core
+# bench machine, 2 senders against 10 cut CPU per activation from 0.44 to 0.36 ms in
+# PostgreSQL and from 0.55 to 0.37 ms in the bridge, at the same p99 under light load.
+# A batch needs one round trip whatever its size, so this does not cap throughput on
+# a larger database server either.
+_ACTIVATION_SENDERS = 2
 
 _ActivationArgs = tuple[str, str, int, str, str, str, bytes, bytes, int]
 
