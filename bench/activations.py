@@ -228,6 +228,8 @@ def hot_spots(path: Path, top: int = 30) -> str:
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue  # a frame name py-spy broke over two lines
         n = int(count)
         total += n
         leaf = stack.split(";")[-1]
