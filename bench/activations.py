@@ -451,6 +451,12 @@ def find(runs: list[dict[str, Any]], label: str, mode: str, level: float) -> dic
     return {}
 
 
+def others(run: dict[str, Any]) -> str:
+    """CPU used on the machine by processes that are not part of the bench, during a run."""
+    value = run.get("cpu_per_s", {}).get("others")
+    return f"{max(value, 0.0):.2f}" if value is not None else "-"
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "-"
 
@@ -465,18 +471,20 @@ def report(sizes: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"### {s['size']:,} approved identifiers",
             "",
             "| run | bridge /s | echo /s | bridge/echo | bridge p50 ms | bridge p99 ms "
-            "| echo p99 ms | bridge errors |",
-            "|---|---|---|---|---|---|---|---|",
+            "| echo p99 ms | bridge errors | other load (cores) |",
+            "|---|---|---|---|---|---|---|---|---|",
             f"| closed N={args.in_flight} | {be['throughput']:.0f} | {ee['throughput']:.0f} "
             f"| {ratio(be['throughput'], ee['throughput'])} | {be['p50_ms']:.1f} "
-            f"| {be['p99_ms']:.1f} | {ee['p99_ms']:.1f} | {be['errors'] or 'none'} |",
+            f"| {be['p99_ms']:.1f} | {ee['p99_ms']:.1f} | {be['errors'] or 'none'} "
+            f"| {others(be)} |",
         ]
         for rate in args.rates:
             b, e = find(runs, "bridge", "open", rate), find(runs, "echo", "open", rate)
             lines.append(
                 f"| open {rate:g}/s | {b['throughput']:.0f} | {e['throughput']:.0f} "
                 f"| {ratio(b['throughput'], e['throughput'])} | {b['p50_ms']:.1f} "
-                f"| {b['p99_ms']:.1f} | {e['p99_ms']:.1f} | {b['errors'] or 'none'} |"
+                f"| {b['p99_ms']:.1f} | {e['p99_ms']:.1f} | {b['errors'] or 'none'} "
+                f"| {others(b)} |"
             )
         lines += [
             "",
