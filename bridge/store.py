@@ -455,6 +455,10 @@ class _ActivationBatcher:
             while self._waiting:
                 batch = self._waiting[:_BATCH_MAX]
                 del self._waiting[:_BATCH_MAX]
+                # A caller cancelled while waiting (shutdown) no longer wants its activation.
+                batch = [(args, future) for args, future in batch if not future.done()]
+                if not batch:
+                    continue
                 try:
                     outcomes = await self._decide([args for args, _ in batch])
                 except asyncio.CancelledError:

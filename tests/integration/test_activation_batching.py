@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from bridge import store as store_module
@@ -95,3 +96,36 @@ async def test_overlapping_batches_on_several_connections_do_not_deadlock(
     oks = Counter(i for (i, _), code in zip(requests, codes, strict=True) if code == "ok")
     assert oks == dict.fromkeys(serials, 1)
     assert Counter(codes)["already_activated"] == len(requests) - len(serials)
+
+
+async def test_an_activation_cancelled_while_waiting_is_not_sent(
+    admin: Admin, small_store: Store, database_url: str
+) -> None:
+    model_id, (held, dropped) = await _claimed_serials(admin, 2)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        # Keep the only connection busy: its activation waits for this row lock.
+        locking = blocker.transaction()
+        await locking.start()
+        await blocker.execute(
+            "SELECT 1 FROM devices WHERE model_id = $1 AND identifier = $2 FOR UPDATE",
+            model_id,
+            held,
+        )
+        first = asyncio.create_task(_activate(small_store, model_id, held, "dev-1"))
+        await asyncio.sleep(0.3)
+        waiting = asyncio.create_task(_activate(small_store, model_id, dropped, "dev-2"))
+        await asyncio.sleep(0.1)
+        waiting.cancel()  # as at shutdown: its worker is cancelled before it was sent
+        await locking.rollback()
+        assert await first == "ok"
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        state = await blocker.fetchval(
+            "SELECT state FROM devices WHERE model_id = $1 AND identifier = $2",
+            model_id,
+            dropped,
+        )
+        assert state == "claimed"
+    finally:
+        await blocker.close()
