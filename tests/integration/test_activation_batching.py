@@ -101,7 +101,7 @@ async def test_overlapping_batches_on_several_connections_do_not_deadlock(
 async def test_an_activation_cancelled_while_waiting_is_not_sent(
     admin: Admin, small_store: Store, database_url: str
 ) -> None:
-    model_id, (held, dropped) = await _claimed_serials(admin, 2)
+    model_id, (held, dropped, later) = await _claimed_serials(admin, 3)
     blocker = await asyncpg.connect(database_url)
     try:
         # Keep the only connection busy: its activation waits for this row lock.
@@ -121,6 +121,9 @@ async def test_an_activation_cancelled_while_waiting_is_not_sent(
         assert await first == "ok"
         with pytest.raises(asyncio.CancelledError):
             await waiting
+        # One connection serves the queue in order: once a later request is answered,
+        # the cancelled one would have been sent before it.
+        assert await _activate(small_store, model_id, later, "dev-3") == "ok"
         state = await blocker.fetchval(
             "SELECT state FROM devices WHERE model_id = $1 AND identifier = $2",
             model_id,
