@@ -415,7 +415,8 @@ SELECT r.n, a.code, a.replay, a.window_ends_at
 _BATCH_MAX = 32
 # Activation statements in flight at once. Few senders mean fuller batches: on the 2-core
 # bench machine, 2 senders against 10 cut CPU per activation from 0.44 to 0.36 ms in
-# PostgreSQL and from 0.55 to 0.37 ms in the bridge, at the same p99 under light load.
+# PostgreSQL and from 0.55 to 0.37 ms in the bridge, at the same p99 under light load
+# (docs/performance.md).
 # A batch needs one round trip whatever its size, so this does not cap throughput on
 # a larger database server either.
 _ACTIVATION_SENDERS = 2
@@ -430,7 +431,7 @@ class _ActivationBatcher:
     activation that arrives while fewer are in flight is sent at once, alone: light load
     pays no extra latency. Those that arrive while all are busy wait together and leave
     as one batch when a sender is free. Measured on the 2-core bench machine, 8 per batch
-    halve PostgreSQL's CPU per activation (bench/README.md).
+    halve PostgreSQL's CPU per activation (docs/performance.md).
     """
 
     def __init__(self, pool: asyncpg.Pool, *, senders: int) -> None:
