@@ -130,7 +130,7 @@ class FreshIdentifiers:
 
         Settling (VACUUM of the tables activations write, CHECKPOINT) before every run
         that touches the database keeps maintenance owed by earlier runs, and by the bulk
-        re-claims only the small table needs, out of the next run's figures, so that the
+        reloads only the small table needs, out of the next run's figures, so that the
         two table sizes are compared on equal terms. The long RSS run pays its own.
         """
         conn = await asyncpg.connect(self.dsn)
