@@ -1,0 +1,77 @@
+"""The database ceiling: the bridge's own activation statement, pgbench-style.
+
+N asyncpg connections each run ``SELECT * FROM bridge_activate(...)`` back to back on
+fresh claimed identifiers, with arguments shaped like the bridge's (a 32-byte key hash,
+a sealed reply of the size the bridge stores), through the same prepared statement
+asyncpg caches for the bridge. Every call is its own transaction and is committed with
+synchronous_commit on, as in the bridge. What is left is what PostgreSQL on this
+machine allows: no MQTT, no JSON, no Python work beyond the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import asyncpg
+from loadgen import Identifiers, RunResult
+
+STATEMENT = "SELECT * FROM bridge_activate($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+REPLY_BYTES = 12 + 16 + 170  # nonce + tag + a plain-key reply of protocol v1
+
+
+async def run(
+    dsn: str,
+    model_id: int,
+    identifiers: Identifiers,
+    *,
+    connections: int,
+    seconds: float,
+    warmup: float = 1.0,
+) -> RunResult:
+    result = RunResult("db", "closed", connections)
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    key_hash, reply = os.urandom(32), os.urandom(REPLY_BYTES)
+    started = time.perf_counter()
+    measure_from = started + warmup
+    deadline = measure_from + seconds
+    last_done = measure_from
+
+    async def worker(n: int, conn: asyncpg.Connection) -> None:
+        nonlocal last_done
+        sent_count = 0
+        while time.perf_counter() < deadline:
+            identifier = identifiers()
+            if identifier is None:
+                return
+            sent_count += 1
+            sent = time.perf_counter()
+            row = await conn.fetchrow(
+                STATEMENT,
+                f"bench-db-{n}",
+                f"r{sent_count}",
+                model_id,
+                identifier,
+                identifier,
+                "benchkeyid",
+                key_hash,
+                reply,
+                600,
+            )
+            done = time.perf_counter()
+            result.completed += 1
+            if sent >= measure_from:
+                code = row["code"] if row is not None else "no_row"
+                result.codes[code] += 1
+                if code == "ok":
+                    result.latencies.append(done - sent)
+                last_done = max(last_done, done)
+
+    try:
+        await asyncio.gather(*(worker(n, c) for n, c in enumerate(conns)))
+    finally:
+        for conn in conns:
+            await conn.close()
+    result.elapsed = last_done - measure_from
+    return result

@@ -1,0 +1,136 @@
+"""Activations sent together under load decide exactly as they would one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from bridge import store as store_module
+from bridge.admin import Admin
+from bridge.records import ActivationOutcome, RateLimit
+from bridge.store import Store
+
+
+@pytest.fixture
+async def small_store(database_url: str) -> AsyncIterator[Store]:
+    # One connection: while it is busy every other activation waits, so batches form.
+    async with Store.open(database_url, pool_size=1) as store:
+        yield store
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the size of each statement the batcher sends (it still sends them)."""
+    sizes: list[int] = []
+    decide = store_module._ActivationBatcher._decide
+
+    async def recording(
+        self: store_module._ActivationBatcher, batch: list[store_module._ActivationArgs]
+    ) -> list[ActivationOutcome]:
+        sizes.append(len(batch))
+        return await decide(self, batch)
+
+    monkeypatch.setattr(store_module._ActivationBatcher, "_decide", recording)
+    return sizes
+
+
+async def _claimed_serials(admin: Admin, count: int) -> tuple[int, list[str]]:
+    model = await admin.add_model("acme", "batch-1", kind="serial")
+    serials = [f"B{n:05d}" for n in range(count)]
+    await admin.approve("acme", "batch-1", serials)
+    for serial in serials:
+        await admin.claim("acme", "batch-1", serial, owner="alice")
+    return model.id, serials
+
+
+async def _activate(store: Store, model_id: int, identifier: str, client: str) -> str:
+    outcome = await store.activate(
+        client_id=client,
+        request_id="r",
+        model_id=model_id,
+        identifier=identifier,
+        presented=identifier,
+        key_id="test",
+        key_hash=os.urandom(32),
+        reply=os.urandom(64),
+        grace_seconds=600,
+        # Far above what these tests fail: they are about batching, not throttling.
+        limit=RateLimit(failures=10_000, window_seconds=60),
+    )
+    return outcome.code
+
+
+async def test_a_burst_is_batched_and_each_request_gets_its_own_outcome(
+    admin: Admin, small_store: Store, batch_sizes: list[int]
+) -> None:
+    model_id, serials = await _claimed_serials(admin, 30)
+    requests = [(s, f"dev-{n}") for n, s in enumerate(serials)]
+    requests += [(serials[0], f"twin-{n}") for n in range(5)]  # the same device, 6 times
+    requests += [(f"NOPE{n}", f"stranger-{n}") for n in range(5)]
+    random.shuffle(requests)
+
+    codes = await asyncio.gather(*(_activate(small_store, model_id, i, c) for i, c in requests))
+
+    by_device = Counter((ident, code) for (ident, _), code in zip(requests, codes, strict=True))
+    assert by_device[(serials[0], "ok")] == 1
+    assert by_device[(serials[0], "already_activated")] == 5
+    assert all(by_device[(s, "ok")] == 1 for s in serials)
+    assert sum(n for (i, code), n in by_device.items() if code == "not_approved") == 5
+    assert max(batch_sizes) > 1, "a burst on one busy connection should leave in batches"
+    assert sum(batch_sizes) == len(requests)
+
+
+async def test_overlapping_batches_on_several_connections_do_not_deadlock(
+    admin: Admin, database_url: str
+) -> None:
+    model_id, serials = await _claimed_serials(admin, 24)
+    async with Store.open(database_url, pool_size=8) as store:
+        # Every device requested by sixteen clients, in a different order each time.
+        requests = [(s, f"c{n}") for n in range(16) for s in random.sample(serials, len(serials))]
+        async with asyncio.timeout(30):
+            codes = await asyncio.gather(*(_activate(store, model_id, i, c) for i, c in requests))
+    oks = Counter(i for (i, _), code in zip(requests, codes, strict=True) if code == "ok")
+    assert oks == dict.fromkeys(serials, 1)
+    assert Counter(codes)["already_activated"] == len(requests) - len(serials)
+
+
+async def test_an_activation_cancelled_while_waiting_is_not_sent(
+    admin: Admin, small_store: Store, database_url: str
+) -> None:
+    model_id, (held, dropped, later) = await _claimed_serials(admin, 3)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        # Keep the only connection busy: its activation waits for this row lock.
+        locking = blocker.transaction()
+        await locking.start()
+        await blocker.execute(
+            "SELECT 1 FROM devices WHERE model_id = $1 AND identifier = $2 FOR UPDATE",
+            model_id,
+            held,
+        )
+        first = asyncio.create_task(_activate(small_store, model_id, held, "dev-1"))
+        await asyncio.sleep(0.3)
+        waiting = asyncio.create_task(_activate(small_store, model_id, dropped, "dev-2"))
+        await asyncio.sleep(0.1)
+        waiting.cancel()  # as at shutdown: its worker is cancelled before it was sent
+        await locking.rollback()
+        assert await first == "ok"
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # One connection serves the queue in order: once a later request is answered,
+        # the cancelled one would have been sent before it.
+        assert await _activate(small_store, model_id, later, "dev-3") == "ok"
+        state = await blocker.fetchval(
+            "SELECT state FROM devices WHERE model_id = $1 AND identifier = $2",
+            model_id,
+            dropped,
+        )
+        assert state == "claimed"
+    finally:
+        await blocker.close()
