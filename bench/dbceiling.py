@@ -18,9 +18,7 @@ import asyncpg
 from loadgen import Identifiers, RunResult
 
 # The bridge's own statement: the decision with its attempt counters (the throttle).
-STATEMENT = (
-    "SELECT * FROM bridge_activate_limited($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-)
+STATEMENT = "SELECT * FROM bridge_activate_limited($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 RATE_LIMIT = (10, 60)  # the bridge's defaults: failures per window, window seconds
 REPLY_BYTES = 12 + 16 + 170  # nonce + tag + a plain-key reply of protocol v1
 

