@@ -133,8 +133,53 @@ def password_line(username: str, password: str) -> str:
     return f"{username}:$7${_PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
 
 
-def dynsec_config(admin_username: str, admin_password: str) -> dict[str, Any]:
-    """A dynamic-security file with one admin (what ``mosquitto_ctrl dynsec init`` writes)."""
+#: The dynamic-security group (and role) that clients without a login belong to.
+ANONYMOUS_GROUP = "bridge-anonymous"
+
+
+def anonymous_acls(prefix: str) -> list[dict[str, Any]]:
+    """What a client without a login may never subscribe to.
+
+    Mosquitto's ``acl_file`` does not check subscriptions at all (2.0.11): it only
+    withholds delivery. A client without a login could therefore join the bridges'
+    share group and be handed its round-robin share of activation requests, which the
+    ACL then never delivers to it: requests black-holed. The dynamic-security plugin
+    does check subscriptions, so clients without a login are put in a group whose role
+    refuses every shared subscription and every subscription to the activation topics.
+    Everything else stays with ``mosquitto.acl`` (no matching rule here: the plugin
+    defers), which still confines them to their own activation and reply topics.
+    """
+
+    def deny(topic: str) -> dict[str, Any]:
+        return {"acltype": "subscribePattern", "topic": topic, "priority": 10, "allow": False}
+
+    return [deny("$share/#"), deny(f"{prefix}/activate/#")]
+
+
+def anonymous_guard_commands(prefix: str) -> list[dict[str, Any]]:
+    """Dynamic-security commands that put :func:`anonymous_acls` in force on a live broker.
+
+    For brokers whose dynamic-security file predates the guard: the bridge sends these
+    when its admin connection opens. Creating what exists answers an error that the
+    caller tolerates; the ACLs are then replaced so they match the current prefix.
+    """
+    return [
+        {"command": "createRole", "rolename": ANONYMOUS_GROUP},
+        {"command": "createGroup", "groupname": ANONYMOUS_GROUP},
+        {"command": "addGroupRole", "groupname": ANONYMOUS_GROUP, "rolename": ANONYMOUS_GROUP},
+        *(
+            {"command": "addRoleACL", "rolename": ANONYMOUS_GROUP, **acl}
+            for acl in anonymous_acls(prefix)
+        ),
+        {"command": "setAnonymousGroup", "groupname": ANONYMOUS_GROUP},
+    ]
+
+
+def dynsec_config(
+    admin_username: str, admin_password: str, *, prefix: str = "provision"
+) -> dict[str, Any]:
+    """A dynamic-security file with one admin (what ``mosquitto_ctrl dynsec init`` writes),
+    and the group of clients without a login (see :func:`anonymous_acls`)."""
     salt, digest = _pbkdf2(admin_password)
 
     def acl(acltype: str, topic: str) -> dict[str, Any]:
@@ -161,8 +206,13 @@ def dynsec_config(admin_username: str, admin_password: str) -> dict[str, Any]:
                     acl("subscribePattern", control),
                     acl("unsubscribePattern", "#"),
                 ],
-            }
+            },
+            {"rolename": ANONYMOUS_GROUP, "acls": anonymous_acls(prefix)},
         ],
+        "groups": [
+            {"groupname": ANONYMOUS_GROUP, "roles": [{"rolename": ANONYMOUS_GROUP}]},
+        ],
+        "anonymousGroup": ANONYMOUS_GROUP,
         # Everything the plugin does not grant explicitly is left to mosquitto.acl: with
         # publishClientReceive allowed by default (mosquitto_ctrl's choice), the plugin
         # would let a device without a login read every reply it subscribes to.
@@ -178,5 +228,8 @@ def write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def write_dynsec_config(path: Path, admin_username: str, admin_password: str) -> None:
-    write_private(path, json.dumps(dynsec_config(admin_username, admin_password), indent=1))
+def write_dynsec_config(
+    path: Path, admin_username: str, admin_password: str, *, prefix: str = "provision"
+) -> None:
+    config = dynsec_config(admin_username, admin_password, prefix=prefix)
+    write_private(path, json.dumps(config, indent=1))

@@ -7,6 +7,8 @@ shows them.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import socket
@@ -190,6 +192,23 @@ class Settings(BaseSettings):
             return []
         text = self.previous_secrets.get_secret_value()
         return [part.strip().encode() for part in text.split(",") if part.strip()]
+
+    def subscription_group(self) -> str | None:
+        """The share group the bridges really subscribe with: ``<group>-<tag>``.
+
+        The tag is derived from the server secret, which every replica shares, so the
+        replicas meet in one group that nobody without the secret can name: a broker
+        that does not refuse ``$share`` subscriptions to strangers (Mosquitto without
+        the dynamic-security guard) still cannot be joined by guessing "bridges".
+        """
+        if self.share_group is None:
+            return None
+        tag = hmac.new(
+            self.server_secret(),
+            b"provisioning-bridge/v1 share-group\x00" + self.share_group.encode(),
+            hashlib.sha256,
+        ).hexdigest()[:16]
+        return f"{self.share_group}-{tag}"
 
 
 def load_settings(**overrides: Any) -> Settings:

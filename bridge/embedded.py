@@ -154,7 +154,9 @@ def _provision(settings: Settings, workdir: Path, port: int) -> tuple[Path, Brok
     brokerconf.write_private(workdir / "mosquitto.acl", acl)
     dynsec_file = workdir / "dynamic-security.json"
     if plugin is not None and (fresh or not dynsec_file.is_file()):
-        brokerconf.write_dynsec_config(dynsec_file, DYNSEC_ADMIN, creds[DYNSEC_ADMIN])
+        brokerconf.write_dynsec_config(
+            dynsec_file, DYNSEC_ADMIN, creds[DYNSEC_ADMIN], prefix=settings.topic_prefix
+        )
     conf = brokerconf.render_conf(
         brokerconf.shipped("mosquitto.conf").read_text(),
         plain_port=port,

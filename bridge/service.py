@@ -98,9 +98,8 @@ class BridgeService:
             try:
                 async with self._connect() as link:
                     client, self._mqtt5 = link.client, link.mqtt5
-                    await client.subscribe(
-                        protocol.subscription(self._prefix, self._settings.share_group), qos=1
-                    )
+                    group = self._settings.subscription_group()
+                    await client.subscribe(protocol.subscription(self._prefix, group), qos=1)
                     attempt = 0
                     self.ready.set()
                     self.metrics.broker_connected.set(1)

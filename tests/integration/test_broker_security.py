@@ -9,6 +9,7 @@ manages device logins as the dynamic-security admin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -73,7 +74,10 @@ def secure_broker() -> Iterator[SecureBroker]:
         workdir / "passwd", brokerconf.password_line("bridge", broker.bridge_password) + "\n"
     )
     brokerconf.write_dynsec_config(
-        workdir / "dynamic-security.json", "bridge-admin", broker.admin_password
+        workdir / "dynamic-security.json",
+        "bridge-admin",
+        broker.admin_password,
+        prefix=broker.prefix,
     )
     acl = brokerconf.shipped("mosquitto.acl").read_text()
     (workdir / "mosquitto.acl").write_text(brokerconf.render_acl(acl, broker.prefix))
@@ -403,3 +407,75 @@ async def test_revoke_and_release_close_the_devices_broker_login(
                 secure_broker.endpoint(client_id, key), client_id, persistent=False
             ):
                 pass
+
+
+async def test_attack_anonymous_client_cannot_join_the_bridges_share_group(
+    admin: Admin,
+    secure_broker: SecureBroker,
+    secure_settings: Settings,
+    device_settings: Settings,
+) -> None:
+    """A stranger in the share group would be handed a share of the requests and the ACL
+    would then withhold them from it: those devices would never get an answer."""
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    macs = [f"00:1A:2B:3C:4E:{n:02X}" for n in range(6)]
+    await admin.approve("acme", "thermo-1", macs)
+    for mac in macs:
+        await admin.claim("acme", "thermo-1", mac, owner="alice")
+    shared = secure_settings.model_copy(update={"share_group": "bridges"})
+    group = shared.subscription_group()
+    assert group is not None and group.startswith("bridges-")
+    prefix = secure_broker.prefix
+    running = await start_bridge(shared)
+    try:
+        async with mqtt.client(secure_broker.endpoint(), "black-hole", persistent=True) as hole:
+            # The configured name, the real (derived) one, and any other share group.
+            refused = await hole.subscribe(
+                [
+                    (f"$share/bridges/{prefix}/activate/+", 1),
+                    (f"$share/{group}/{prefix}/activate/+", 1),
+                    (f"$share/other/{prefix}/activate/+", 1),
+                    (f"{prefix}/activate/+", 1),
+                ]
+            )
+            assert not any(_granted(refused))
+            results = await asyncio.gather(
+                *(activate(device_settings, mac, client_id=f"sh-{n}") for n, mac in enumerate(macs))
+            )
+    finally:
+        await running.halt()
+    assert all(r.ok for r in results), [r.reply for r in results]
+
+
+async def test_attack_retained_activation_requests_are_refused_by_the_shipped_broker(
+    secure_broker: SecureBroker,
+) -> None:
+    prefix = secure_broker.prefix
+    topic = protocol.activate_topic(prefix, "hoarder")
+
+    async def hoard() -> None:
+        async with mqtt.client(secure_broker.endpoint(), "hoarder", persistent=False) as c:
+            await c.publish(topic, b"x" * 60_000, qos=1, retain=True)
+            await asyncio.sleep(1.0)  # the broker drops the connection
+            await c.publish(topic, b"again", qos=1)
+
+    with pytest.raises(aiomqtt.MqttError):
+        await hoard()
+    # Nothing was kept: a new subscriber of that topic (the bridge's user) gets nothing.
+    got: list[aiomqtt.Message] = []
+    bridge_user = secure_broker.endpoint("bridge", secure_broker.bridge_password)
+    async with mqtt.client(bridge_user, "retain-check", persistent=False) as reader:
+        await reader.subscribe(f"{prefix}/activate/+", qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await _collect(reader, got)
+    assert got == []
+
+
+def test_the_share_group_name_is_derived_from_the_server_secret(settings: Settings) -> None:
+    one = settings.model_copy(update={"share_group": "bridges"})
+    other = one.model_copy(update={"secret": SecretStr("another-secret-" + "y" * 32)})
+    assert one.subscription_group() == one.model_copy().subscription_group()
+    assert one.subscription_group() != other.subscription_group()
+    assert settings.subscription_group() is None
+    assert protocol.subscription("p", one.subscription_group()).startswith("$share/bridges-")
