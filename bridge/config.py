@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     )
     share_group: str | None = Field(
         default=None,
-        description="Subscribe as `$share/<group>/...` so several bridges share the load.",
+        description="Subscribe as `$share/<group>-<tag>/...` so several bridges share the "
+        "load; `<tag>` is derived from `BRIDGE_SECRET`, so strangers cannot join the group.",
     )
     client_id: str | None = Field(
         default=None,
