@@ -1,8 +1,9 @@
 """The reference device client: what firmware does, in Python.
 
 Subscribe to the private reply topic first, then publish the request, then wait
-for the reply whose request id matches. With ``seal`` the request carries an
-X25519 public key and the key comes back sealed to it.
+for the reply whose request id matches. By default (``seal``) the request carries
+an X25519 public key and the key comes back sealed to it; with ``device_secret`` (the
+factory secret of a model that requires device proof) it carries the ``proof``.
 """
 
 from __future__ import annotations
@@ -51,10 +52,15 @@ async def activate_device(
     identifier: str,
     client_id: str | None = None,
     request_id: str | None = None,
-    seal: bool = False,
+    seal: bool = True,
+    device_secret: bytes | None = None,
     timeout: float = 10.0,
 ) -> ActivationResult:
-    """Activate once; raises TimeoutError when no reply comes within ``timeout``."""
+    """Activate once; raises TimeoutError when no reply comes within ``timeout``.
+
+    ``seal=False`` asks for the key in plaintext, which only models whose vendor chose
+    plaintext delivery grant (others answer ``seal_required``).
+    """
     client_id = client_id or new_client_id()
     request_id = request_id or new_request_id()
     request: dict[str, Any] = {
@@ -68,6 +74,8 @@ async def activate_device(
     if private is not None:
         raw = private.public_key().public_bytes_raw()
         request["public_key"] = base64.b64encode(raw).decode()
+    if device_secret is not None:
+        request["proof"] = keys.device_proof(device_secret, client_id, request_id)
     async with (
         asyncio.timeout(timeout),
         mqtt.connect(endpoint, client_id, persistent=False) as link,
