@@ -954,6 +954,13 @@ async def _activate(args: argparse.Namespace) -> int:
         if result.key is not None and "sealed_key" in reply:
             reply["key"] = result.key  # unsealed here, for the person at the terminal
         print(json.dumps(reply))
+    elif result.ok and result.key is None:
+        print(
+            "error: sealed: the key came back sealed to another public key (the reply stored "
+            "for an earlier run with this request id); it cannot be read here",
+            file=sys.stderr,
+        )
+        return 1
     elif result.ok:
         print(f"ok: {reply.get('vendor')}/{reply.get('model')} {reply.get('identifier')}")
         print(f"key: {result.key}{' (was sealed)' if 'sealed_key' in reply else ''}")

@@ -24,7 +24,7 @@ from bridge.config import MqttEndpoint
 @dataclass(frozen=True)
 class ActivationResult:
     reply: dict[str, Any]
-    key: str | None  # the plain key on success (unsealed when sealed)
+    key: str | None  # the plain key on success (unsealed when sealed; None if it cannot be)
 
     @property
     def ok(self) -> bool:
@@ -53,13 +53,16 @@ async def activate_device(
     client_id: str | None = None,
     request_id: str | None = None,
     seal: bool = True,
+    private_key: X25519PrivateKey | None = None,
     device_secret: bytes | None = None,
     timeout: float = 10.0,
 ) -> ActivationResult:
     """Activate once; raises TimeoutError when no reply comes within ``timeout``.
 
     ``seal=False`` asks for the key in plaintext, which only models whose vendor chose
-    plaintext delivery grant (others answer ``seal_required``).
+    plaintext delivery grant (others answer ``seal_required``). A retry of a request
+    (same client id and request id) gets the reply stored for the first one, sealed to
+    the first one's public key: pass the same ``private_key`` to read it.
     """
     client_id = client_id or new_client_id()
     request_id = request_id or new_request_id()
@@ -70,7 +73,7 @@ async def activate_device(
         "model": model,
         "identifier": identifier,
     }
-    private = X25519PrivateKey.generate() if seal else None
+    private = (private_key or X25519PrivateKey.generate()) if seal else None
     if private is not None:
         raw = private.public_key().public_bytes_raw()
         request["public_key"] = base64.b64encode(raw).decode()
@@ -102,6 +105,9 @@ def _key_of(reply: dict[str, Any], private: X25519PrivateKey | None, request_id:
         return None
     sealed = reply.get("sealed_key")
     if private is not None and isinstance(sealed, dict):
-        return keys.unseal(private, sealed, request_id)
+        try:
+            return keys.unseal(private, sealed, request_id)
+        except (ValueError, KeyError, TypeError):
+            return None  # sealed to another key pair: a replay of an earlier run's request
     key = reply.get("key")
     return key if isinstance(key, str) else None
