@@ -98,3 +98,31 @@ async def test_attack_takeover_of_an_activated_devices_client_id_does_not_yield_
     assert plain["code"] == "seal_required"
     fresh = await activate(settings, MAC, client_id="thermo-42", request_id="boot-2")
     assert fresh.reply["code"] == "already_activated"
+
+
+async def test_the_api_registers_sealed_models_unless_the_vendor_asks_for_plaintext(
+    admin: Admin, settings: Settings
+) -> None:
+    import httpx  # noqa: PLC0415 (only this test speaks HTTP)
+
+    from bridge.api import create_app  # noqa: PLC0415
+    from bridge.tokens import create_token  # noqa: PLC0415
+
+    issued = await create_token(admin.store, "vendor", "acme", actor="test")
+    headers = {"Authorization": f"Bearer {issued.token}"}
+    transport = httpx.ASGITransport(app=create_app(admin.store, settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as api:
+        sealed = await api.post(
+            "/v1/models", json={"model": "thermo-1", "kind": "mac"}, headers=headers
+        )
+        legacy = await api.post(
+            "/v1/models",
+            json={"model": "thermo-0", "kind": "mac", "plaintext_keys": True},
+            headers=headers,
+        )
+        shown = await api.get("/v1/models/acme/thermo-0", headers=headers)
+    assert sealed.status_code == 201, sealed.text
+    assert (sealed.json()["plaintext_keys"], sealed.json()["proof_required"]) == (False, False)
+    assert legacy.status_code == 201 and legacy.json()["plaintext_keys"] is True
+    assert shown.json()["plaintext_keys"] is True
+    assert not (await admin.model("acme", "thermo-1")).plaintext_keys
