@@ -97,6 +97,22 @@ async def test_device_secret_needs_the_bridges_own_secret(
     assert other.stdout == ""
 
 
+async def test_a_bad_device_secret_file_is_refused_without_echoing_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "device.secret"
+    secret_file.write_text("ab" * 31 + "zz\n")  # nearly a secret: never echoed
+    run = await bridge_cli(
+        _env(settings),
+        "activate",
+        *("--vendor", "acme", "--model", "lock-9", "--identifier", MAC),
+        *("--device-secret-file", str(secret_file)),
+    )
+    assert run.returncode == 1
+    assert run.stderr.startswith("error: malformed: The device secret file ")
+    assert "must hold the 64 hex characters" in run.stderr and "abab" not in run.stderr
+
+
 async def test_new_commands_have_help(settings: Settings) -> None:
     env = _env(settings)
     for args, says in (
