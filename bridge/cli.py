@@ -250,7 +250,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         "--dev",
         action="store_true",
         default=None,
-        help="use the insecure development secret, as `bridge serve --dev` does",
+        help="development only, as `bridge serve --dev`: the insecure development secret "
+        "when BRIDGE_SECRET is unset, or a weak BRIDGE_SECRET",
     )
     enrollment = sub.add_parser(
         "enrollment-key",
