@@ -78,7 +78,9 @@ async def load_table(admin_url: str, size: int) -> tuple[str, int, float]:
     conn = await asyncpg.connect(dsn)
     try:
         model_id = await conn.fetchval(
-            "INSERT INTO models (vendor, model, kind) VALUES ($1, $2, 'serial') RETURNING id",
+            # The load generator sends no public key: a model with plaintext delivery.
+            "INSERT INTO models (vendor, model, kind, plaintext_keys) "
+            "VALUES ($1, $2, 'serial', true) RETURNING id",
             VENDOR,
             MODEL,
         )

@@ -39,10 +39,19 @@ from bridge.errors import (
     Malformed,
     NotApproved,
     NotClaimed,
+    NotFound,
     NotOwner,
     UnknownModel,
 )
-from bridge.records import AuditQuery, AuditRecord, DeviceRow, LifecycleOutcome, ModelRow
+from bridge.records import (
+    AuditEntry,
+    AuditQuery,
+    AuditRecord,
+    DeviceRow,
+    EnrollmentKeyInfo,
+    LifecycleOutcome,
+    ModelRow,
+)
 from bridge.store import Store
 
 #: Device states, as ``bridge list --state`` accepts them.
@@ -134,7 +143,10 @@ class Admin:
         pattern: str | None = None,
         window_seconds: int = 86_400,
         claim_required: bool = True,
+        plaintext_keys: bool = False,
     ) -> ModelRow:
+        """Register a model. Keys travel sealed unless ``plaintext_keys`` (the vendor's
+        choice, for devices that cannot do X25519)."""
         try:
             kind = identifiers.Kind(kind).value
         except ValueError as exc:
@@ -157,6 +169,7 @@ class Admin:
             window_seconds=window_seconds,
             claim_required=claim_required,
             actor=self._actor,
+            plaintext_keys=plaintext_keys,
         )
         if row is None:
             raise Conflict(f"The model {vendor}/{model} is already registered.")
@@ -477,6 +490,119 @@ class Admin:
                 f"is not on the approval list of {row.vendor}/{row.model}."
             )
         return device
+
+    # -- enrollment keys and device secrets (device proof) -------------------------
+
+    async def create_enrollment_key(self, vendor: str, model: str) -> int:
+        """Give a model its first enrollment key; from then on it requires device proof.
+
+        Returns the key's generation (1). Devices activating from now on must prove the
+        secret :meth:`device_secret` prints for them.
+        """
+        return await self._add_enrollment_key(vendor, model, rotate=False, retire_previous=False)
+
+    async def rotate_enrollment_key(
+        self, vendor: str, model: str, *, retire_previous: bool = False
+    ) -> int:
+        """Add a new generation; device secrets are printed from it from now on.
+
+        The previous generations stay accepted (devices already made carry secrets
+        derived from them) unless ``retire_previous``: then they stop at once.
+        """
+        return await self._add_enrollment_key(
+            vendor, model, rotate=True, retire_previous=retire_previous
+        )
+
+    async def _add_enrollment_key(
+        self, vendor: str, model: str, *, rotate: bool, retire_previous: bool
+    ) -> int:
+        cipher = self._enrollment_cipher()  # before anything is written
+        row = await self.model(vendor, model)
+        fresh = keys.generate_enrollment_key()
+        status, generation = await self._store.add_enrollment_key(
+            row,
+            lambda next_generation: cipher.encrypt(fresh, row.id, next_generation),
+            rotate=rotate,
+            retire_previous=retire_previous,
+            actor=self._actor,
+        )
+        if status == "has_key":
+            raise Conflict(
+                f"The model {vendor}/{model} already has an enrollment key (generation "
+                f"{generation}); rotate it instead."
+            )
+        if status == "no_key":
+            raise Conflict(
+                f"The model {vendor}/{model} has no enrollment key to rotate; create one first."
+            )
+        return generation
+
+    async def retire_enrollment_key(self, vendor: str, model: str, generation: int) -> None:
+        """Stop accepting proofs made with one older generation of the model's key."""
+        row = await self.model(vendor, model)
+        status = await self._store.retire_enrollment_key(row, generation, actor=self._actor)
+        if status == "not_found":
+            raise NotFound(
+                f"The model {vendor}/{model} has no enrollment key generation {generation}."
+            )
+        if status == "already_retired":
+            raise Conflict(
+                f"The enrollment key generation {generation} of {vendor}/{model} "
+                "is already retired."
+            )
+        if status == "newest":
+            raise Conflict(
+                f"The enrollment key generation {generation} of {vendor}/{model} is the newest; "
+                "rotate with --retire-previous to replace it."
+            )
+
+    async def enrollment_keys(self, vendor: str, model: str) -> list[EnrollmentKeyInfo]:
+        """Every generation of the model's enrollment key, newest first (never a key)."""
+        return await self._store.enrollment_key_list(await self.model(vendor, model))
+
+    async def device_secret(self, vendor: str, model: str, number: str) -> tuple[str, str]:
+        """(canonical identifier, the device's factory secret as 64 lowercase hex).
+
+        The secret derives from the model's newest enrollment key; it is burned into the
+        device's firmware and proves, with each request, more than the sticker shows.
+        Audited (never the secret itself).
+        """
+        cipher = self._enrollment_cipher()
+        row, canonical = await self._device(vendor, model, number)
+        if not row.enrollment_keys:
+            raise Conflict(
+                f"The model {vendor}/{model} has no enrollment key; create one first "
+                f"(bridge enrollment-key create {vendor} {model})."
+            )
+        generation, encrypted = row.enrollment_keys[0]
+        enrollment_key = cipher.decrypt(encrypted, row.id, generation)
+        if enrollment_key is None:
+            raise ConfigError(
+                f"The enrollment key of {vendor}/{model} was encrypted under another server "
+                "secret; set BRIDGE_SECRET (and BRIDGE_PREVIOUS_SECRETS) as for `bridge serve`."
+            )
+        await self._store.record(
+            AuditEntry(
+                "device_secret",
+                "ok",
+                actor=self._actor,
+                vendor=row.vendor,
+                model=row.model,
+                identifier_presented=number,
+                identifier=canonical,
+                detail=f"printed from enrollment key generation {generation}",
+            )
+        )
+        return canonical, keys.device_secret(enrollment_key, canonical).hex()
+
+    def _enrollment_cipher(self) -> keys.EnrollmentCipher:
+        if self._settings is None:
+            raise ConfigError(
+                "Enrollment keys are encrypted under the server secret, and this operation "
+                "was given no settings to read BRIDGE_SECRET from."
+            )
+        secret = self._settings.server_secret()  # a ConfigError naming what is wrong
+        return keys.EnrollmentCipher(secret, self._settings.previous_server_secrets())
 
     async def verify_key(self, vendor: str, model: str, number: str, key: str) -> bool:
         """Whether ``key`` is the current key of an activated device (constant time).

@@ -382,6 +382,7 @@ async def add_model(body: ModelRequest, ctx: Ctx) -> Model:
         pattern=body.pattern,
         window_seconds=body.window_seconds,
         claim_required=body.claim_required,
+        plaintext_keys=body.plaintext_keys,
     )
     return model_body(row)
 

@@ -87,6 +87,11 @@ class ModelRequest(_Body):
     pattern: Annotated[str, Field(max_length=512), AfterValidator(printable)] | None = None
     window_seconds: int = Field(default=86_400, ge=1, le=366 * 86_400)
     claim_required: bool = True
+    plaintext_keys: bool = Field(
+        default=False,
+        description="also deliver keys in plaintext to requests without a public key, for "
+        "devices that cannot do X25519; otherwise such requests get seal_required",
+    )
 
 
 class Model(_Body):
@@ -96,6 +101,10 @@ class Model(_Body):
     pattern: str | None
     window_seconds: int
     claim_required: bool
+    plaintext_keys: bool = Field(description="keys may travel in plaintext (vendor's choice)")
+    proof_required: bool = Field(
+        description="activations must prove the device's factory secret (enrollment key)"
+    )
 
 
 class ApproveRequest(_Body):
@@ -200,4 +209,6 @@ def model_body(row: ModelRow) -> Model:
         pattern=row.pattern,
         window_seconds=row.window_seconds,
         claim_required=row.claim_required,
+        plaintext_keys=row.plaintext_keys,
+        proof_required=row.proof_required,
     )

@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         prog="bridge",
         description="MQTT provisioning bridge: devices trade their sticker number for a key.",
         epilog="Quick start: `bridge serve --dev` in one terminal; `bridge model add`, "
-        "`bridge approve`, `bridge claim`, `bridge activate` in another.",
+        "`bridge approve`, `bridge claim`, `bridge activate` in another. `bridge COMMAND "
+        "--help` explains each command.",
     )
     top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -121,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         "--dev",
         action="store_true",
         default=None,
-        help="allow the insecure development secret when BRIDGE_SECRET is unset",
+        help="development only: allow the insecure development secret when BRIDGE_SECRET "
+        "is unset, and a BRIDGE_SECRET that is short or published in this repository",
     )
     p.add_argument(
         "--metrics-addr",
@@ -233,7 +235,95 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         action="store_true",
         help="devices may activate on approval alone (window opens at approval)",
     )
+    p.add_argument(
+        "--plaintext-keys",
+        action="store_true",
+        help="also deliver keys in plaintext to requests without a public key, for devices "
+        "that cannot do X25519 (default: sealed only; such requests get seal_required)",
+    )
     p.set_defaults(run=_model_add)
+
+    # The server secret decrypts enrollment keys: the commands that need it take --dev
+    # as `serve` does, so a development bridge and its commands agree on one secret.
+    secret = _Parser(add_help=False)
+    secret.add_argument(
+        "--dev",
+        action="store_true",
+        default=None,
+        help="development only, as `bridge serve --dev`: the insecure development secret "
+        "when BRIDGE_SECRET is unset, or a weak BRIDGE_SECRET",
+    )
+    enrollment = sub.add_parser(
+        "enrollment-key",
+        help="a model's enrollment key: require device proof beyond the sticker",
+        description="A model with an enrollment key requires device proof: each device "
+        "carries a factory secret (printed by `bridge device-secret`) and proves it with each "
+        "activation request; a request without a valid proof is answered like a number that "
+        "is not approved. The key is 32 random bytes, stored only encrypted under "
+        "BRIDGE_SECRET, and never shown.",
+    ).add_subparsers(dest="enrollment_command", required=True, metavar="ACTION")
+    p = enrollment.add_parser(
+        "create",
+        parents=[db, secret],
+        help="create a model's first enrollment key; the model then requires device proof",
+        description="Create the model's enrollment key. From now on every activation of the "
+        "model must carry a valid proof: do this before the first device leaves the factory, "
+        "since devices without a secret can no longer activate.",
+    )
+    p.add_argument("vendor", metavar="VENDOR")
+    p.add_argument("model", metavar="MODEL")
+    p.set_defaults(run=_enrollment_create)
+    p = enrollment.add_parser(
+        "rotate",
+        parents=[db, secret],
+        help="add a new enrollment key generation for the devices made from now on",
+        description="Add a new generation of the model's enrollment key: `bridge "
+        "device-secret` prints secrets from it from now on. The previous generations stay "
+        "accepted, so devices already made keep working, until they are retired "
+        "(--retire-previous, or `bridge enrollment-key retire`).",
+    )
+    p.add_argument("vendor", metavar="VENDOR")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument(
+        "--retire-previous",
+        action="store_true",
+        help="stop accepting every previous generation now (a leaked key): devices made with "
+        "them can no longer activate until they get a new secret",
+    )
+    p.set_defaults(run=_enrollment_rotate)
+    p = enrollment.add_parser(
+        "retire",
+        parents=[db],
+        help="stop accepting an older generation of the enrollment key",
+        description="Retire one older generation: devices whose secret derives from it can "
+        "no longer activate. The newest generation is replaced by rotating, never retired.",
+    )
+    p.add_argument("vendor", metavar="VENDOR")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("generation", type=int, metavar="GENERATION", help="as `list` shows it")
+    p.set_defaults(run=_enrollment_retire)
+    p = enrollment.add_parser(
+        "list",
+        parents=[db],
+        help="the generations of a model's enrollment key (never a key)",
+        description="Generations of the model's enrollment key, newest first, with when "
+        "each was created and retired.",
+    )
+    p.add_argument("vendor", metavar="VENDOR")
+    p.add_argument("model", metavar="MODEL")
+    p.set_defaults(run=_enrollment_list)
+
+    p = sub.add_parser(
+        "device-secret",
+        parents=[db, secret],
+        help="print a device's factory secret (models that require device proof)",
+        description="Print the factory secret of one device, 64 lowercase hex characters and "
+        "nothing else on stdout, for the factory line to burn into its firmware: "
+        "HMAC-SHA256(the model's newest enrollment key, the canonical identifier). Any "
+        "spelling of the identifier gives the same secret. Audited (never the secret).",
+    )
+    _device_arguments(p)
+    p.set_defaults(run=_device_secret)
 
     p = sub.add_parser(
         "approve",
@@ -394,10 +484,25 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
     p.add_argument("--identifier", required=True)
     p.add_argument("--client-id", metavar="ID", help="MQTT client id (default: random device-…)")
     p.add_argument("--request-id", metavar="ID", help="request id (default: random)")
-    p.add_argument(
+    delivery = p.add_mutually_exclusive_group()
+    delivery.add_argument(
         "--seal",
         action="store_true",
-        help="send an X25519 public key; the key comes back sealed and is unsealed here",
+        help="send an X25519 public key; the key comes back sealed and is unsealed here "
+        "(the default)",
+    )
+    delivery.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="send no public key and ask for the key in plaintext (only models created "
+        "with --plaintext-keys grant it)",
+    )
+    p.add_argument(
+        "--device-secret-file",
+        metavar="FILE",
+        help="file holding the device's factory secret (`bridge device-secret` output; "
+        "'-' reads stdin): the request carries its proof. Never a plain flag: it would show "
+        "in `ps`",
     )
     p.add_argument(
         "--timeout",
@@ -557,7 +662,64 @@ async def _model_add(args: argparse.Namespace) -> int:
         )
     claim = "claim required" if row.claim_required else "no claim needed"
     window = f"window {row.window_seconds}s"
-    print(f"added model {row.vendor}/{row.model}: kind {row.kind}, {window}, {claim}")
+    delivery = "keys sealed or plaintext" if row.plaintext_keys else "keys sealed only"
+    print(f"added model {row.vendor}/{row.model}: kind {row.kind}, {window}, {claim}, {delivery}")
+    return 0
+
+
+async def _enrollment_create(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        generation = await admin.create_enrollment_key(args.vendor, args.model)
+    print(
+        f"created enrollment key generation {generation} of {args.vendor}/{args.model}; "
+        "its activations now require device proof (secrets: bridge device-secret)"
+    )
+    return 0
+
+
+async def _enrollment_rotate(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        generation = await admin.rotate_enrollment_key(
+            args.vendor, args.model, retire_previous=args.retire_previous
+        )
+    previous = (
+        "previous generations are retired: devices made with them can no longer activate"
+        if args.retire_previous
+        else "previous generations stay accepted until retired, so devices already made "
+        "keep working"
+    )
+    print(
+        f"created enrollment key generation {generation} of {args.vendor}/{args.model}; "
+        f"new device secrets derive from it; {previous}"
+    )
+    return 0
+
+
+async def _enrollment_retire(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        await admin.retire_enrollment_key(args.vendor, args.model, args.generation)
+    print(
+        f"retired enrollment key generation {args.generation} of {args.vendor}/{args.model}; "
+        "devices whose secret derives from it can no longer activate"
+    )
+    return 0
+
+
+async def _enrollment_list(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        generations = await admin.enrollment_keys(args.vendor, args.model)
+    if not generations:
+        print(f"{args.vendor}/{args.model} has no enrollment key (no device proof required)")
+    for g in generations:
+        state = f"retired {_when(g.retired_at)}" if g.retired_at else "accepted"
+        print(f"generation {g.generation:<4} created {_when(g.created_at)}  {state}")
+    return 0
+
+
+async def _device_secret(args: argparse.Namespace) -> int:
+    async with Admin.connect(_settings(args), actor=_actor()) as admin:
+        _, secret_hex = await admin.device_secret(args.vendor, args.model, args.identifier)
+    print(secret_hex)
     return 0
 
 
@@ -750,6 +912,23 @@ async def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_device_secret(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Malformed(f"The device secret file {path!r} cannot be read ({exc}).") from exc
+    text = text.strip()
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        # The text is a secret, or nearly: never echoed.
+        raise Malformed(
+            f"The device secret file {path!r} must hold the 64 hex characters "
+            "that `bridge device-secret` printed, and nothing else."
+        )
+    return bytes.fromhex(text)
+
+
 async def _activate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     try:
@@ -761,7 +940,8 @@ async def _activate(args: argparse.Namespace) -> int:
             identifier=args.identifier,
             client_id=args.client_id,
             request_id=args.request_id,
-            seal=args.seal,
+            seal=not args.plaintext,
+            device_secret=_read_device_secret(args.device_secret_file),
             timeout=args.timeout,
         )
     except TimeoutError:
@@ -775,6 +955,13 @@ async def _activate(args: argparse.Namespace) -> int:
         if result.key is not None and "sealed_key" in reply:
             reply["key"] = result.key  # unsealed here, for the person at the terminal
         print(json.dumps(reply))
+    elif result.ok and result.key is None:
+        print(
+            "error: sealed: the key came back sealed to another public key (the reply stored "
+            "for an earlier run with this request id); it cannot be read here",
+            file=sys.stderr,
+        )
+        return 1
     elif result.ok:
         print(f"ok: {reply.get('vendor')}/{reply.get('model')} {reply.get('identifier')}")
         print(f"key: {result.key}{' (was sealed)' if 'sealed_key' in reply else ''}")

@@ -1,8 +1,9 @@
 """The reference device client: what firmware does, in Python.
 
 Subscribe to the private reply topic first, then publish the request, then wait
-for the reply whose request id matches. With ``seal`` the request carries an
-X25519 public key and the key comes back sealed to it.
+for the reply whose request id matches. By default (``seal``) the request carries
+an X25519 public key and the key comes back sealed to it; with ``device_secret`` (the
+factory secret of a model that requires device proof) it carries the ``proof``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from bridge.config import MqttEndpoint
 @dataclass(frozen=True)
 class ActivationResult:
     reply: dict[str, Any]
-    key: str | None  # the plain key on success (unsealed when sealed)
+    key: str | None  # the plain key on success (unsealed when sealed; None if it cannot be)
 
     @property
     def ok(self) -> bool:
@@ -51,10 +52,18 @@ async def activate_device(
     identifier: str,
     client_id: str | None = None,
     request_id: str | None = None,
-    seal: bool = False,
+    seal: bool = True,
+    private_key: X25519PrivateKey | None = None,
+    device_secret: bytes | None = None,
     timeout: float = 10.0,
 ) -> ActivationResult:
-    """Activate once; raises TimeoutError when no reply comes within ``timeout``."""
+    """Activate once; raises TimeoutError when no reply comes within ``timeout``.
+
+    ``seal=False`` asks for the key in plaintext, which only models whose vendor chose
+    plaintext delivery grant (others answer ``seal_required``). A retry of a request
+    (same client id and request id) gets the reply stored for the first one, sealed to
+    the first one's public key: pass the same ``private_key`` to read it.
+    """
     client_id = client_id or new_client_id()
     request_id = request_id or new_request_id()
     request: dict[str, Any] = {
@@ -64,10 +73,12 @@ async def activate_device(
         "model": model,
         "identifier": identifier,
     }
-    private = X25519PrivateKey.generate() if seal else None
+    private = (private_key or X25519PrivateKey.generate()) if seal else None
     if private is not None:
         raw = private.public_key().public_bytes_raw()
         request["public_key"] = base64.b64encode(raw).decode()
+    if device_secret is not None:
+        request["proof"] = keys.device_proof(device_secret, client_id, request_id)
     async with (
         asyncio.timeout(timeout),
         mqtt.connect(endpoint, client_id, persistent=False) as link,
@@ -94,6 +105,9 @@ def _key_of(reply: dict[str, Any], private: X25519PrivateKey | None, request_id:
         return None
     sealed = reply.get("sealed_key")
     if private is not None and isinstance(sealed, dict):
-        return keys.unseal(private, sealed, request_id)
+        try:
+            return keys.unseal(private, sealed, request_id)
+        except (ValueError, KeyError, TypeError):
+            return None  # sealed to another key pair: a replay of an earlier run's request
     key = reply.get("key")
     return key if isinstance(key, str) else None

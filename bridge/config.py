@@ -25,6 +25,21 @@ from bridge.errors import ConfigError
 #: A secret any developer could read in this file: accepted only when asked for by name.
 DEV_SECRET = "insecure-development-secret-do-not-use-in-production"  # noqa: S105 (public by design)
 
+#: Every secret value shown anywhere in this repository (code, README, docs, docker files,
+#: tests): anyone can read them, so `serve` refuses them as BRIDGE_SECRET unless --dev.
+#: An example secret added to a document goes here too (tests/unit/test_config.py
+#: looks for them and fails until it does).
+PUBLISHED_SECRETS: frozenset[str] = frozenset(
+    {
+        DEV_SECRET,
+        # docs/systemd/bridge.env.example
+        "replace-with-64-hex-characters-from-python3-c-import-secrets-token_hex-32",
+    }
+)
+#: The shortest BRIDGE_SECRET `serve` accepts (unless --dev): 256 bits.
+MIN_SECRET_BYTES = 32
+_HOW_TO_MAKE_ONE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
 _TOPIC_LEVEL = re.compile(r"[A-Za-z0-9._:-]+(/[A-Za-z0-9._:-]+)*")
 _LISTEN_ADDR = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{0,4})")
 
@@ -54,7 +69,8 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="provision", description="First topic level(s).")
     secret: SecretStr | None = Field(
         default=None,
-        description="Server secret for keyed hashing of keys and encrypting replay data. "
+        description="Server secret for keyed hashing of keys and encrypting replay data and "
+        "enrollment keys: at least 32 bytes, random, not a value shown in this repository. "
         "Required by `serve` unless `--dev`; never a flag (it would show in `ps`).",
     )
     previous_secrets: SecretStr | None = Field(
@@ -64,7 +80,8 @@ class Settings(BaseSettings):
     )
     dev: bool = Field(
         default=False,
-        description="Allow the well-known development secret when `BRIDGE_SECRET` is unset.",
+        description="Development only: allow the well-known development secret when "
+        "`BRIDGE_SECRET` is unset, and a short or published `BRIDGE_SECRET`.",
     )
     share_group: str | None = Field(
         default=None,
@@ -176,14 +193,17 @@ class Settings(BaseSettings):
         return self.client_id or f"bridge-{socket.gethostname()}"[:128]
 
     def server_secret(self) -> bytes:
-        """The secret for keyed hashing; refuses to invent one unless --dev."""
+        """The secret for keyed hashing; refuses to invent one, or take a weak one, unless --dev."""
         if self.secret is not None and self.secret.get_secret_value():
-            return self.secret.get_secret_value().encode()
+            value = self.secret.get_secret_value()
+            if not self.dev:
+                _refuse_weak_secret(value)
+            return value.encode()
         if self.dev:
             return DEV_SECRET.encode()
         raise ConfigError(
             "BRIDGE_SECRET is not set; set it to a long random string "
-            "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`), "
+            f"(e.g. `{_HOW_TO_MAKE_ONE}`), "
             "or pass --dev to use the insecure development secret."
         )
 
@@ -210,6 +230,24 @@ class Settings(BaseSettings):
             hashlib.sha256,
         ).hexdigest()[:16]
         return f"{self.share_group}-{tag}"
+
+
+def _refuse_weak_secret(value: str) -> None:
+    # Everything the bridge keeps (key hashes, stored replies, enrollment keys) is only as
+    # safe as this secret: a guessable one turns a database dump into keys.
+    if value.strip() in PUBLISHED_SECRETS:
+        raise ConfigError(
+            "BRIDGE_SECRET is a value published in this project's repository (the development "
+            "secret or an example), so anyone can know it; make your own with "
+            f"`{_HOW_TO_MAKE_ONE}` (or pass --dev for a development run)."
+        )
+    size = len(value.encode())
+    if size < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"BRIDGE_SECRET is {size} bytes long; it must be at least {MIN_SECRET_BYTES} bytes "
+            f"of random data, e.g. the output of `{_HOW_TO_MAKE_ONE}` "
+            "(or pass --dev for a development run)."
+        )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -15,6 +15,7 @@ the boundary that meets them, with ``raise ... from exc``::
     │   ├── WindowExpired           "window_expired"
     │   ├── AlreadyActivated        "already_activated"
     │   ├── Revoked                 "revoked"
+    │   ├── SealRequired            "seal_required" (no public_key; the model delivers sealed)
     │   ├── ClaimedByOther          "claimed_by_other" (owner side only)
     │   ├── NotOwner                "not_owner" (owner side only)
     │   ├── Conflict                "conflict" (e.g. a model that already exists)
@@ -94,6 +95,12 @@ class AlreadyActivated(RequestError):
 
 class Revoked(RequestError):
     code = "revoked"
+
+
+class SealRequired(RequestError):
+    """A request without ``public_key`` for a model that delivers keys only sealed."""
+
+    code = "seal_required"
 
 
 class ClaimedByOther(RequestError):

@@ -8,6 +8,9 @@
   with the request id as associated data.
 - Replies kept for idempotent retry are encrypted under a second key derived
   from the server secret, so a database dump holds no usable key.
+- Device proof (models that opt in): a model's enrollment key (32 random bytes, kept
+  only encrypted under the server secret) derives each device's factory secret, and
+  the request proves that secret with an HMAC over its client id and request id.
 """
 
 from __future__ import annotations
@@ -171,3 +174,96 @@ def unseal(private: X25519PrivateKey, sealed: dict[str, str], request_id: str) -
     except InvalidTag as exc:
         raise ValueError("the sealed key does not open with this private key") from exc
     return plain.decode("ascii")
+
+
+# -- device proof ---------------------------------------------------------------------
+#
+# The derivations below are the contract a device's firmware (and a C library) is
+# written against: change nothing here without a new protocol version.
+
+ENROLLMENT_KEY_BYTES = 32
+PROOF_LABEL = b"provisioning-bridge/v1 proof"
+
+
+def generate_enrollment_key() -> bytes:
+    """A fresh enrollment key for a model: 32 bytes from the OS CSPRNG."""
+    return secrets.token_bytes(ENROLLMENT_KEY_BYTES)
+
+
+def device_secret(enrollment_key: bytes, identifier: str) -> bytes:
+    """The factory secret of one device: HMAC-SHA256(enrollment key, canonical identifier).
+
+    ``identifier`` must be the canonical form (see :mod:`bridge.identifiers`): every
+    spelling of one sticker number then yields the same secret.
+    """
+    return hmac.new(enrollment_key, identifier.encode("utf-8"), hashlib.sha256).digest()
+
+
+def device_proof(secret: bytes, client_id: str, request_id: str) -> str:
+    """The request's ``proof``: lowercase hex HMAC-SHA256 of its client id and request id.
+
+    The message is ``b"provisioning-bridge/v1 proof" 0x00 client_id 0x00 request_id``;
+    binding both ids means a proof seen on the wire proves nothing for another
+    client id or another request.
+    """
+    message = b"\x00".join((PROOF_LABEL, client_id.encode("utf-8"), request_id.encode("utf-8")))
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def proof_is_valid(
+    enrollment_keys: Sequence[bytes],
+    identifier: str,
+    client_id: str,
+    request_id: str,
+    proof: str | None,
+) -> bool:
+    """Whether ``proof`` was made with the secret of ``identifier`` under one of the keys.
+
+    Every key is tried and compared in constant time, so the answer takes as long for
+    a near miss as for garbage, and as long whichever key (current or previous) matched.
+    """
+    if proof is None:
+        return False
+    presented = proof.encode("ascii", "replace")
+    matched = False
+    for enrollment_key in enrollment_keys:
+        expected = device_proof(device_secret(enrollment_key, identifier), client_id, request_id)
+        matched |= hmac.compare_digest(expected.encode("ascii"), presented)
+    return matched
+
+
+class EnrollmentCipher:
+    """Encrypts a model's enrollment keys under the server secret.
+
+    The associated data names the model and the key's generation, so a ciphertext
+    copied onto another model (or another generation) does not decrypt. Decrypts under
+    the current secret or any previous one, like :class:`ReplayCipher`, so rotating
+    ``BRIDGE_SECRET`` keeps every device's secret valid.
+    """
+
+    _PURPOSE = b"provisioning-bridge/v1 enrollment-key"
+
+    def __init__(self, secret: bytes, previous: Sequence[bytes] = ()) -> None:
+        self._aead = ChaCha20Poly1305(_derive(secret, self._PURPOSE))
+        self._older = [ChaCha20Poly1305(_derive(old, self._PURPOSE)) for old in previous]
+
+    def __repr__(self) -> str:
+        return "EnrollmentCipher(<secret>)"
+
+    @staticmethod
+    def _aad(model_id: int, generation: int) -> bytes:
+        return f"enrollment-key\x00{model_id}\x00{generation}".encode()
+
+    def encrypt(self, enrollment_key: bytes, model_id: int, generation: int) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, enrollment_key, self._aad(model_id, generation))
+
+    def decrypt(self, blob: bytes, model_id: int, generation: int) -> bytes | None:
+        """The enrollment key, or None when no known secret made the blob or it was altered."""
+        aad = self._aad(model_id, generation)
+        for aead in (self._aead, *self._older):
+            try:
+                return aead.decrypt(blob[:12], blob[12:], aad)
+            except (InvalidTag, ValueError):
+                continue
+        return None

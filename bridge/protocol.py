@@ -43,6 +43,8 @@ def _printable(value: str) -> str:
 
 
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+#: The device proof: lowercase hex of an HMAC-SHA256 (see :func:`bridge.keys.device_proof`).
+Proof = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_printable)]
 
 
@@ -56,6 +58,9 @@ class ActivationRequest(BaseModel):
     model: Text64
     identifier: Text64
     public_key: str | None = None
+    # Checked only by models that require device proof; others ignore it, so firmware
+    # may always send it.
+    proof: Proof | None = None
     # StrictInt, then a check: a plain Literal[1] would let JSON `true` pass (True == 1).
     v: StrictInt | None = None
 
@@ -147,6 +152,7 @@ _FIELD_RULES = {
     "model": "a string of 1 to 64 characters, none of them control characters",
     "identifier": "a string of 1 to 64 characters, none of them control characters",
     "public_key": "a standard base64 string of a 32-byte X25519 public key",
+    "proof": "64 lowercase hex characters (an HMAC-SHA256)",
     "v": "1",
 }
 

@@ -21,7 +21,9 @@ from bridge.errors import (
     BridgeError,
     InvalidIdentifier,
     Malformed,
+    NotApproved,
     RequestError,
+    SealRequired,
     Unavailable,
     UnknownModel,
 )
@@ -91,6 +93,7 @@ class Provisioner:
         accounts: DeviceAccounts | None = None,
         model_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        enrollment: keys.EnrollmentCipher | None = None,
     ) -> None:
         self._store = store
         self._limit = limit or RateLimit()
@@ -104,6 +107,10 @@ class Provisioner:
         # Models change rarely and every request needs one: a short-lived cache saves
         # a round trip per activation without making `model add` wait long to take effect.
         self._models: dict[tuple[str, str], tuple[float, ModelRow]] = {}
+        # Decrypts the enrollment keys of models that require device proof; without it
+        # (no server secret given) such models refuse every request, never accept one.
+        self._enrollment = enrollment
+        self._enrollment_keys: dict[tuple[int, int], bytes | None] = {}
 
     async def activate(self, client_id: str, payload: bytes) -> Reply:
         """Validate, decide and word the reply for one request from ``client_id``."""
@@ -183,6 +190,25 @@ class Provisioner:
             canonical = identifiers.normalize(model.kind, request.identifier, model.pattern)
         except InvalidIdentifier as exc:
             return await self._refuse(audit, exc)
+        audit = dataclasses.replace(audit, identifier=canonical)
+        if device_public is None and not model.plaintext_keys:
+            # Not a guess (it does not depend on the number), so not counted; audited.
+            return await self._refuse(
+                audit,
+                SealRequired(
+                    f"The model {model.vendor}/{model.model} delivers keys only sealed: the "
+                    "request must carry 'public_key', the standard base64 of the device's "
+                    "X25519 public key."
+                ),
+            )
+        if model.proof_required and not self._proof_is_valid(model, canonical, client_id, request):
+            # Word for word the answer for a number that is not approved, and counted
+            # like one: a guesser cannot tell a right number with no proof from a wrong one.
+            return await self._refuse(
+                audit,
+                NotApproved(_not_approved(model, canonical)),
+                detail="device proof missing" if request.proof is None else "device proof invalid",
+            )
 
         key = keys.generate_key()
         if device_public is not None:
@@ -233,13 +259,17 @@ class Provisioner:
         message = _refusal(outcome, model, canonical)
         return Reply(protocol.error_reply(rid, outcome.code, message), outcome.code, rid, canonical)
 
-    async def _refuse(self, audit: AuditEntry, exc: RequestError) -> Reply:
+    async def _refuse(
+        self, audit: AuditEntry, exc: RequestError, *, detail: str | None = None
+    ) -> Reply:
         """Answer a refusal decided before the database, and audit it.
 
-        A guess (an unknown model, an impossible identifier) also counts against the
-        client id, so a client past the limit is told ``rate_limited`` instead.
+        A guess (an unknown model, an impossible identifier, a missing or wrong device
+        proof) also counts against the client id, so a client past the limit is told
+        ``rate_limited`` instead. ``detail`` is what the audit log says when it should
+        say more than the requester is told.
         """
-        entry = dataclasses.replace(audit, code=exc.code, detail=exc.message)
+        entry = dataclasses.replace(audit, code=exc.code, detail=detail or exc.message)
         if exc.code in _COUNTED_BEFORE_THE_DATABASE:
             try:
                 retry_after = await self._store.refuse(entry, self._limit)
@@ -252,6 +282,47 @@ class Provisioner:
             await self._audit_quietly(entry)
         body = protocol.error_reply(audit.request_id, exc.code, exc.message)
         return Reply(body, exc.code, audit.request_id)
+
+    def _proof_is_valid(
+        self, model: ModelRow, canonical: str, client_id: str, request: protocol.ActivationRequest
+    ) -> bool:
+        if request.proof is None:
+            return False
+        enrollment_keys = [
+            key
+            for generation, encrypted in model.enrollment_keys
+            if (key := self._enrollment_key(model, generation, encrypted)) is not None
+        ]
+        return keys.proof_is_valid(
+            enrollment_keys, canonical, client_id, request.request_id, request.proof
+        )
+
+    def _enrollment_key(self, model: ModelRow, generation: int, encrypted: bytes) -> bytes | None:
+        cache_key = (model.id, generation)
+        if cache_key in self._enrollment_keys:
+            return self._enrollment_keys[cache_key]
+        key = (
+            self._enrollment.decrypt(encrypted, model.id, generation)
+            if self._enrollment is not None
+            else None
+        )
+        if key is None:
+            # Every device of the model is refused until this is fixed: said once, loudly.
+            log.error(
+                "enrollment key cannot be decrypted; devices of this model cannot prove "
+                "their secret (is BRIDGE_SECRET, or BRIDGE_PREVIOUS_SECRETS, the one the key "
+                "was created under?)",
+                extra={
+                    "event": "enrollment_key_unreadable",
+                    "vendor": model.vendor,
+                    "model": model.model,
+                    "generation": generation,
+                },
+            )
+        if len(self._enrollment_keys) > 10_000:  # bounded, like the model cache
+            self._enrollment_keys.clear()
+        self._enrollment_keys[cache_key] = key
+        return key
 
     async def _open_broker_account(
         self, client_id: str, key: str, replaced_client_id: str | None
@@ -291,8 +362,9 @@ class Provisioner:
         return row
 
 
-#: Refusals decided in Python that are guesses, counted against the client id.
-_COUNTED_BEFORE_THE_DATABASE = frozenset({"unknown_model", "invalid_identifier"})
+#: Refusals decided in Python that are guesses, counted against the client id
+#: (not_approved: a missing or wrong device proof).
+_COUNTED_BEFORE_THE_DATABASE = frozenset({"unknown_model", "invalid_identifier", "not_approved"})
 
 
 def _rate_limited(request_id: str | None, retry_after: int, identifier: str | None) -> Reply:
@@ -310,12 +382,18 @@ def _replay_aad(client_id: str, request_id: str) -> bytes:
     return f"{client_id}\x00{request_id}".encode()
 
 
+def _not_approved(model: ModelRow, canonical: str) -> str:
+    """The one sentence for a number that is not approved (or not proven: the same words)."""
+    what = f"{identifiers.kind_name(model.kind)} {identifiers.display(model.kind, canonical)}"
+    return f"The {what} is not on the approval list of {model.vendor}/{model.model}."
+
+
 def _refusal(outcome: ActivationOutcome, model: ModelRow, canonical: str) -> str:
     """One sentence for a refusal decided in the database (device-facing: no suggestions)."""
     what = f"{identifiers.kind_name(model.kind)} {identifiers.display(model.kind, canonical)}"
     where = f"{model.vendor}/{model.model}"
     if outcome.code == "not_approved":
-        return f"The {what} is not on the approval list of {where}."
+        return _not_approved(model, canonical)
     if outcome.code == "not_claimed":
         return (
             f"The {what} is approved for {where} but no owner has claimed it yet; "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -15,6 +15,22 @@ class ModelRow:
     pattern: str | None
     window_seconds: int
     claim_required: bool
+    #: the vendor chose plaintext delivery (devices that cannot do X25519)
+    plaintext_keys: bool = False
+    #: requests must carry a valid ``proof`` (the model has an enrollment key)
+    proof_required: bool = False
+    #: (generation, encrypted key) of the enrollment keys in use, newest first. Only
+    #: ciphertext, and still kept out of reprs: it has no business in a log line.
+    enrollment_keys: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class EnrollmentKeyInfo:
+    """One generation of a model's enrollment key as listed: never the key."""
+
+    generation: int
+    created_at: datetime
+    retired_at: datetime | None
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ async def serve(
             retry_after=settings.retry_after_seconds,
             limit=RateLimit(settings.rate_limit_failures, settings.rate_limit_window_seconds),
             accounts=accounts,
+            enrollment=keys.EnrollmentCipher(secret, settings.previous_server_secrets()),
         )
         service = BridgeService(
             settings, access.endpoint, provisioner, ready=ready, metrics=metrics

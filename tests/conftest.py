@@ -17,7 +17,8 @@ from bridge.store import Store
 from tests import services
 from tests.helpers import RunningBridge, start_bridge
 
-TEST_SECRET = "test-secret-" + "x" * 32
+#: Random per run: a secret written in the repository is refused by `serve` (config.py).
+TEST_SECRET = "test-secret-" + secrets.token_urlsafe(32)
 
 
 def _with_database(url: str, name: str) -> str:

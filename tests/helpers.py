@@ -56,9 +56,14 @@ async def activate(
     *,
     vendor: str = "acme",
     model: str = "thermo-1",
+    seal: bool = True,
     **kwargs: Any,
 ) -> ActivationResult:
-    """One activation through the real broker, with the reference device client."""
+    """One activation through the real broker, with the reference device client.
+
+    Sealed by default, as models deliver keys unless their vendor chose plaintext;
+    ``result.key`` is the unsealed key either way.
+    """
     assert settings.mqtt_url is not None
     kwargs.setdefault("timeout", 10.0)
     return await activate_device(
@@ -67,6 +72,7 @@ async def activate(
         vendor=vendor,
         model=model,
         identifier=identifier,
+        seal=seal,
         **kwargs,
     )
 

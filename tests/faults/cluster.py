@@ -41,7 +41,8 @@ from bridge import mqtt, protocol
 from bridge.config import parse_mqtt_url
 from tests.services import free_port, wait_for_port
 
-TEST_SECRET = "fault-suite-secret-" + "y" * 32
+#: Random per run: a secret written in the repository is refused by `serve` (config.py).
+TEST_SECRET = "fault-suite-secret-" + secrets.token_urlsafe(32)
 REPO = Path(__file__).resolve().parents[2]
 
 

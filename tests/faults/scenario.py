@@ -112,7 +112,7 @@ async def run_chaos(
     prefix = f"chaos-{secrets.token_hex(4)}/provision"
     settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
     async with Admin.connect(settings, actor="chaos") as admin:
-        await admin.add_model(VENDOR, MODEL, kind="mac", claim_required=False)
+        await admin.add_model(VENDOR, MODEL, kind="mac", claim_required=False, plaintext_keys=True)
         for first in range(0, devices, 5000):
             batch = range(first, min(devices, first + 5000))
             await admin.approve(VENDOR, MODEL, [mac_of(n) for n in batch])

@@ -53,7 +53,9 @@ async def test_sigkill_after_commit_then_retry_gets_the_same_key(
     prefix = f"crash-{secrets.token_hex(4)}/provision"
     settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
     async with Admin.connect(settings, actor="crash") as admin:
-        await admin.add_model("acme", "crash-1", kind="mac", claim_required=False)
+        await admin.add_model(
+            "acme", "crash-1", kind="mac", claim_required=False, plaintext_keys=True
+        )
         await admin.approve("acme", "crash-1", [MAC])
     bridge = BridgeProcess(
         client_id="bridge-crash",

@@ -166,7 +166,9 @@ async def test_ten_thousand_fuzzed_messages_leave_the_bridge_serving_in_bounded_
     admin_settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
     async with Admin.connect(admin_settings, actor="fuzz") as admin:
         for vendor, model, kind in MODELS:
-            await admin.add_model(vendor, model, kind=kind, claim_required=False)
+            await admin.add_model(
+                vendor, model, kind=kind, claim_required=False, plaintext_keys=True
+            )
         await admin.approve("acme", "mac-1", [GOOD_MAC, "02:00:00:00:00:02"])
     endpoint = parse_mqtt_url(broker.url)
 

@@ -33,7 +33,7 @@ def _request(**fields: object) -> bytes:
 
 
 async def _ready(admin: Admin) -> None:
-    await admin.add_model("acme", "thermo-1", kind="mac", claim_required=False)
+    await admin.add_model("acme", "thermo-1", kind="mac", claim_required=False, plaintext_keys=True)
     await admin.approve("acme", "thermo-1", [MAC])
 
 

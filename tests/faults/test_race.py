@@ -47,7 +47,9 @@ async def test_hundred_clients_one_identifier_three_bridges_exactly_one_ok(
     prefix = f"race-{secrets.token_hex(4)}/provision"
     settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
     async with Admin.connect(settings, actor="race") as admin:
-        await admin.add_model("acme", "race-1", kind="mac", claim_required=False)
+        await admin.add_model(
+            "acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True
+        )
         await admin.approve("acme", "race-1", [MAC])
 
     endpoint = parse_mqtt_url(broker.url)

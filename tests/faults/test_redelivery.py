@@ -48,7 +48,9 @@ async def test_requests_in_hand_when_killed_are_delivered_again(
     prefix = f"redeliver-{secrets.token_hex(4)}/provision"
     settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
     async with Admin.connect(settings, actor="redeliver") as admin:
-        await admin.add_model("acme", "redeliver-1", kind="mac", claim_required=False)
+        await admin.add_model(
+            "acme", "redeliver-1", kind="mac", claim_required=False, plaintext_keys=True
+        )
         await admin.approve("acme", "redeliver-1", [_mac(n) for n in range(DEVICES)])
     # Two workers: a backlog builds up, and the kill lands in the middle of it.
     bridge = BridgeProcess(

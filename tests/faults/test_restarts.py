@@ -44,7 +44,9 @@ async def _setup(pg: Postgres, macs: list[str]) -> tuple[str, str]:
     prefix = f"restart-{secrets.token_hex(4)}/provision"
     settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
     async with Admin.connect(settings, actor="restart") as admin:
-        await admin.add_model("acme", "restart-1", kind="mac", claim_required=False)
+        await admin.add_model(
+            "acme", "restart-1", kind="mac", claim_required=False, plaintext_keys=True
+        )
         await admin.approve("acme", "restart-1", macs)
     return url, prefix
 

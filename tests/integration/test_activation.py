@@ -6,6 +6,7 @@ import asyncio
 import re
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bridge.admin import Admin
 from bridge.config import Settings
@@ -46,8 +47,13 @@ async def test_same_request_id_gets_the_same_key_and_a_new_one_is_refused(
     admin: Admin, settings: Settings, bridge: RunningBridge
 ) -> None:
     await _claimed(admin)
-    first = await activate(settings, MAC, client_id="dev-1", request_id="same")
-    again = await activate(settings, MAC, client_id="dev-1", request_id="same")
+    device_key = X25519PrivateKey.generate()  # a retrying device keeps its key pair
+    first = await activate(
+        settings, MAC, client_id="dev-1", request_id="same", private_key=device_key
+    )
+    again = await activate(
+        settings, MAC, client_id="dev-1", request_id="same", private_key=device_key
+    )
     assert first.ok and again.ok
     assert first.key == again.key
     other = await activate(settings, MAC, client_id="dev-1", request_id="different")

@@ -474,7 +474,7 @@ async def test_attack_retained_activation_requests_are_refused_by_the_shipped_br
 
 def test_the_share_group_name_is_derived_from_the_server_secret(settings: Settings) -> None:
     one = settings.model_copy(update={"share_group": "bridges"})
-    other = one.model_copy(update={"secret": SecretStr("another-secret-" + "y" * 32)})
+    other = one.model_copy(update={"secret": SecretStr(secrets.token_urlsafe(32))})
     assert one.subscription_group() == one.model_copy().subscription_group()
     assert one.subscription_group() != other.subscription_group()
     assert settings.subscription_group() is None

@@ -94,6 +94,7 @@ async def test_quick_start_on_embedded_defaults(tmp_path: Path) -> None:
                     break
             assert done.returncode == 0, done.stderr
             assert done.stdout.startswith("ok: acme/thermo-1 001A2B3C4D5E")
+            assert "(was sealed)" in done.stdout  # the reference client seals by default
             shown = await asyncio.to_thread(_run, env, "show", "acme", "thermo-1", "001a2b3c4d5e")
             assert "activated" in shown.stdout
             # The embedded broker runs the shipped ACL and dynamic-security plugin: the

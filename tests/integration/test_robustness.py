@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 
 import asyncpg
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import SecretStr
 
 from bridge.admin import Admin
@@ -195,7 +197,14 @@ async def test_mqtt5_correlation_data_echoed_expiry_set_never_retained(
     endpoint = parse_mqtt_url(settings.mqtt_url.get_secret_value())
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.CorrelationData = b"\x00corr-42"
-    request = {"request_id": "c1", "vendor": "acme", "model": "thermo-1", "identifier": MAC}
+    public = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    request = {
+        "request_id": "c1",
+        "vendor": "acme",
+        "model": "thermo-1",
+        "identifier": MAC,
+        "public_key": base64.b64encode(public).decode(),
+    }
     async with asyncio.timeout(10), mqtt.client(endpoint, "corr-dev", persistent=False) as c:
         await c.subscribe(protocol.reply_topic(settings.topic_prefix, "corr-dev"), qos=1)
         await c.publish(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import SecretStr
 
 from bridge.admin import Admin
@@ -12,12 +15,14 @@ from tests.conftest import TEST_SECRET
 from tests.helpers import activate, start_bridge
 
 MAC = "00:1A:2B:3C:4D:5E"
+#: Random per run, like TEST_SECRET: `serve` refuses a secret written in the repository.
+ROTATED_SECRET = "rotated-secret-" + secrets.token_urlsafe(32)
 
 
 def _rotated(settings: Settings, *, keep_old: bool) -> Settings:
     return settings.model_copy(
         update={
-            "secret": SecretStr("rotated-secret-" + "y" * 32),
+            "secret": SecretStr(ROTATED_SECRET),
             "previous_secrets": SecretStr(TEST_SECRET) if keep_old else None,
         }
     )
@@ -27,9 +32,12 @@ async def test_keys_issued_before_a_rotation_still_verify(admin: Admin, settings
     await admin.add_model("acme", "thermo-1", kind="mac")
     await admin.approve("acme", "thermo-1", [MAC])
     await admin.claim("acme", "thermo-1", MAC, owner="alice")
+    device_key = X25519PrivateKey.generate()  # a retrying device keeps its key pair
     running = await start_bridge(settings)
     try:
-        first = await activate(settings, MAC, client_id="dev-1", request_id="r-1")
+        first = await activate(
+            settings, MAC, client_id="dev-1", request_id="r-1", private_key=device_key
+        )
     finally:
         await running.halt()
     assert first.ok and first.key is not None
@@ -43,7 +51,9 @@ async def test_keys_issued_before_a_rotation_still_verify(admin: Admin, settings
     # The bridge on the rotated secret still resends the reply stored before it.
     running = await start_bridge(rotated)
     try:
-        again = await activate(rotated, MAC, client_id="dev-1", request_id="r-1")
+        again = await activate(
+            rotated, MAC, client_id="dev-1", request_id="r-1", private_key=device_key
+        )
     finally:
         await running.halt()
     assert again.ok and again.key == first.key

@@ -17,7 +17,8 @@ LEGIT = "00:1A:2B:3C:4D:5E"
 
 
 async def _claimed_model(admin: Admin) -> None:
-    await admin.add_model("acme", "thermo-1", kind="mac")
+    # Raw requests without a public key: this model's vendor chose plaintext delivery.
+    await admin.add_model("acme", "thermo-1", kind="mac", plaintext_keys=True)
     await admin.approve("acme", "thermo-1", [LEGIT])
     await admin.claim("acme", "thermo-1", LEGIT, owner="alice")
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import re
+import secrets
+from pathlib import Path
 
 import pytest
 
 from bridge.cli import parse_duration, parse_since
-from bridge.config import DEV_SECRET, Settings, load_settings, parse_mqtt_url
+from bridge.config import (
+    DEV_SECRET,
+    MIN_SECRET_BYTES,
+    PUBLISHED_SECRETS,
+    Settings,
+    load_settings,
+    parse_mqtt_url,
+)
 from bridge.errors import ConfigError
 
 
@@ -31,7 +41,64 @@ def test_secret_is_required_unless_dev(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="BRIDGE_SECRET is not set"):
         Settings().server_secret()
     assert Settings(dev=True).server_secret() == DEV_SECRET.encode()
-    assert Settings(secret="s3").server_secret() == b"s3"
+    strong = secrets.token_urlsafe(32)
+    assert Settings(secret=strong).server_secret() == strong.encode()
+
+
+def test_attack_a_short_server_secret_is_refused() -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings(secret="short").server_secret()
+    assert "BRIDGE_SECRET is 5 bytes long; it must be at least 32 bytes" in refused.value.message
+    assert "secrets.token_urlsafe(32)" in refused.value.message
+    with pytest.raises(ConfigError, match="31 bytes long"):
+        Settings(secret="x" * 31).server_secret()
+    # Bytes, not characters: 11 three-byte characters are 33 bytes.
+    assert len(Settings(secret="€" * 11).server_secret()) == 33
+    # --dev is for development, and says so: it takes anything.
+    assert Settings(secret="short", dev=True).server_secret() == b"short"
+
+
+@pytest.mark.parametrize("published", sorted(PUBLISHED_SECRETS))
+def test_attack_a_server_secret_published_in_the_repository_is_refused(published: str) -> None:
+    for value in (published, f" {published}\n"):
+        with pytest.raises(ConfigError, match="published in this project's repository"):
+            Settings(secret=value).server_secret()
+    assert Settings(secret=published, dev=True).server_secret() == published.encode()
+
+
+#: Where a secret is written out: an environment assignment or a compose/YAML entry
+#: (quoted or not; a value starting with `$` comes from the environment), or a Python
+#: keyword or constant (quoted).
+_SECRET_LITERALS = (
+    re.compile(
+        r"""BRIDGE_(?:PREVIOUS_)?SECRETS?\s*[=:]\s*(?:"([^"$]+)"|'([^'$]+)'|([^\s"'$`,)]+))"""
+    ),
+    re.compile(r"""(?:\bsecret|\b(?:DEV_|TEST_|ROTATED_)?SECRET)\s*=\s*(?:"([^"]+)"|'([^']+)')"""),
+)
+
+
+def test_every_secret_shown_in_the_repository_is_refused_by_serve() -> None:
+    """A new example secret in a document or a test must join PUBLISHED_SECRETS."""
+    root = Path(__file__).resolve().parents[2]
+    files = [
+        *root.glob("*.md"),
+        *root.glob("*.toml"),
+        *(p for d in ("docs", "docker", "tests", "bench", "bridge") for p in (root / d).rglob("*")),
+    ]
+    found: dict[str, str] = {}
+    for path in files:
+        if not path.is_file() or path.suffix in {".png", ".pyc"}:
+            continue
+        text = path.read_text(errors="replace")
+        for pattern in _SECRET_LITERALS:
+            for match in pattern.finditer(text):
+                value = next(g for g in match.groups() if g)
+                found.setdefault(value, str(path.relative_to(root)))
+    assert "replace-with-64-hex-characters-from-python3-c-import-secrets-token_hex-32" in found
+    for value, where in found.items():
+        if len(value.encode()) < MIN_SECRET_BYTES:
+            continue  # refused for its length already
+        assert value.strip() in PUBLISHED_SECRETS, (where, value)
 
 
 def test_secrets_never_in_repr() -> None:

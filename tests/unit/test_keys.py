@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 
 import pytest
@@ -103,3 +105,62 @@ def test_a_rotated_replay_cipher_decrypts_replies_stored_under_the_old_secret() 
     assert rotated.decrypt(blob, b"aad") == b"reply"
     assert keys.ReplayCipher(b"new").decrypt(blob, b"aad") is None
     assert keys.ReplayCipher(b"old").decrypt(rotated.encrypt(b"r", b"aad"), b"aad") is None
+
+
+# -- device proof -------------------------------------------------------------------
+
+#: A known-answer vector for firmware and the C library (also in the README):
+#: enrollment key 00 01 .. 1f, MAC 00:1A:2B:3C:4D:5E, client id device-0001, request id r-1.
+VECTOR_ENROLLMENT_KEY = bytes(range(32))
+VECTOR_SECRET = "374f9c7652326cf1bf0989048c57cc79e6c1d6031eb2a8960662f2104068824e"
+VECTOR_PROOF = "cdfd618c809054e72ad24d3b1e26c472f1f4b8a3084404a4c8dee4499f6edfd7"
+
+
+def test_device_secret_and_proof_match_the_known_answer_vector() -> None:
+    secret = keys.device_secret(VECTOR_ENROLLMENT_KEY, "001A2B3C4D5E")
+    assert secret.hex() == VECTOR_SECRET
+    assert keys.device_proof(secret, "device-0001", "r-1") == VECTOR_PROOF
+
+
+def test_device_proof_matches_an_independent_implementation_of_the_contract() -> None:
+    """The derivation written out with hmac/hashlib, as a C library would do it."""
+    enrollment_key = keys.generate_enrollment_key()
+    assert len(enrollment_key) == 32
+    secret = hmac.new(enrollment_key, "SN-ÄÖ-1".encode(), hashlib.sha256).digest()
+    message = b"provisioning-bridge/v1 proof" + b"\x00" + b"dev:7" + b"\x00" + b"req.9"
+    expected = hmac.new(secret, message, hashlib.sha256).hexdigest()
+    assert keys.device_secret(enrollment_key, "SN-ÄÖ-1") == secret
+    assert keys.device_proof(secret, "dev:7", "req.9") == expected
+    assert re.fullmatch(r"[0-9a-f]{64}", expected)
+
+
+def test_a_proof_holds_only_for_its_identifier_client_id_request_id_and_key() -> None:
+    current, previous, other = (keys.generate_enrollment_key() for _ in range(3))
+    proof = keys.device_proof(keys.device_secret(previous, "ABC"), "dev-1", "r-1")
+    accepted = [current, previous]
+    assert keys.proof_is_valid(accepted, "ABC", "dev-1", "r-1", proof)
+    assert not keys.proof_is_valid(accepted, "ABD", "dev-1", "r-1", proof)
+    assert not keys.proof_is_valid(accepted, "ABC", "dev-2", "r-1", proof)
+    assert not keys.proof_is_valid(accepted, "ABC", "dev-1", "r-2", proof)
+    assert not keys.proof_is_valid([current, other], "ABC", "dev-1", "r-1", proof)  # retired
+    assert not keys.proof_is_valid(accepted, "ABC", "dev-1", "r-1", None)
+    assert not keys.proof_is_valid(accepted, "ABC", "dev-1", "r-1", "0" * 64)
+    assert not keys.proof_is_valid([], "ABC", "dev-1", "r-1", proof)
+    # The ids are separated: "dev-1" + "r-1x" is not "dev-1r" + "-1x".
+    shifted = keys.device_proof(keys.device_secret(current, "ABC"), "dev-1r", "-1x")
+    assert not keys.proof_is_valid(accepted, "ABC", "dev-1", "r-1x", shifted)
+
+
+def test_enrollment_keys_are_bound_to_their_model_and_generation() -> None:
+    cipher = keys.EnrollmentCipher(b"s" * 32)
+    enrollment_key = keys.generate_enrollment_key()
+    blob = cipher.encrypt(enrollment_key, model_id=4, generation=2)
+    assert enrollment_key not in blob
+    assert cipher.decrypt(blob, 4, 2) == enrollment_key
+    assert cipher.decrypt(blob, 5, 2) is None  # copied onto another model
+    assert cipher.decrypt(blob, 4, 1) is None  # or onto another generation
+    assert keys.EnrollmentCipher(b"t" * 32).decrypt(blob, 4, 2) is None
+    # After a rotation of the server secret, keys made under the old one still open.
+    rotated = keys.EnrollmentCipher(b"t" * 32, previous=[b"s" * 32])
+    assert rotated.decrypt(blob, 4, 2) == enrollment_key
+    assert "s" * 32 not in repr(cipher)

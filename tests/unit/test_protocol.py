@@ -35,11 +35,19 @@ def test_a_valid_request_parses() -> None:
         ({"v": "1"}, "version 'v' must be 1"),
         ({"v": True}, "version 'v' must be 1"),
         ({"extra": 1}, "unknown field 'extra'"),
+        ({"proof": "AB" * 32}, "'proof' must be 64 lowercase hex"),
+        ({"proof": "ab" * 31}, "'proof' must be 64 lowercase hex"),
+        ({"proof": 7}, "'proof' must be 64 lowercase hex"),
     ],
 )
 def test_field_rules(change: dict[str, object], says: str) -> None:
     with pytest.raises(Malformed, match=says):
         _parse({**VALID, **change})
+
+
+def test_a_proof_is_64_lowercase_hex_and_optional() -> None:
+    assert _parse({**VALID, "proof": "0f" * 32}).proof == "0f" * 32
+    assert _parse(VALID).proof is None
 
 
 def test_nan_is_not_json() -> None:
