@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -35,6 +36,7 @@ from bridge.errors import (
     ClaimedByOther,
     ConfigError,
     Conflict,
+    Forbidden,
     InvalidIdentifier,
     Malformed,
     NotApproved,
@@ -53,6 +55,7 @@ from bridge.records import (
     ModelRow,
 )
 from bridge.store import Store
+from bridge.tokens import Role
 
 #: Device states, as ``bridge list --state`` accepts them.
 STATES: Final = ("approved", "claimed", "activated", "revoked")
@@ -95,6 +98,10 @@ class LifecycleResult:
     previous_owner: str | None
     previous_state: str | None
     window_ends_at: datetime | None = None
+    #: The client id whose broker login held the key (closed by revoke, release, transfer).
+    login: str | None = None
+    #: The broker could not be told: the login still opens it until disabled by hand.
+    login_lingers: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,24 +118,30 @@ class Admin:
         self,
         store: Store,
         *,
+        settings: Settings,
         actor: str = "cli",
+        role: Role = Role.ADMIN,
         hasher: keys.KeyHasher | None = None,
-        settings: Settings | None = None,
     ) -> None:
         self._store = store
+        # Required, not optional: revoke, release and transfer close the device's broker
+        # login here, whichever entry point (CLI, HTTP API, Python) calls them.
+        self._settings = settings
         self._actor = actor
+        self._role = role  # who asks: an owner cannot undo a vendor's revoke
         self._hasher = hasher  # only verify_key needs the server secret
-        self._settings = settings  # only closing broker logins needs the broker's address
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, settings: Settings, *, actor: str = "cli") -> AsyncIterator[Admin]:
+    async def connect(
+        cls, settings: Settings, *, actor: str = "cli", role: Role = Role.ADMIN
+    ) -> AsyncIterator[Admin]:
         """Open the configured (or embedded) database; migrates the embedded one."""
         dsn = embedded.database_url(settings)
         async with Store.open(dsn, pool_size=2) as store:
             if embedded.is_embedded_database(settings):
                 await store.migrate()
-            yield cls(store, actor=actor, hasher=_hasher(settings), settings=settings)
+            yield cls(store, settings=settings, actor=actor, role=role, hasher=_hasher(settings))
 
     @property
     def store(self) -> Store:
@@ -325,34 +338,41 @@ class Admin:
             )
         return UnapproveReport(outcome.removed, outcome.missing)
 
+    # Release, transfer, reenable and revoke: each is decided in one store call (one
+    # transaction, audited) and its broker side effect is attached here, after the
+    # commit, so the CLI, the HTTP API and Python callers cannot drift apart.
+
     async def release(self, vendor: str, model: str, number: str, *, owner: str) -> LifecycleResult:
-        """The owner gives the device up: its key stops being valid, another owner may claim it."""
+        """The owner gives the device up: its key stops being valid (in the database and
+        on the broker), another owner may claim it. A vendor-revoked device stays revoked."""
         row, canonical = await self._device(vendor, model, number)
-        login = await self._store.login_of(row, canonical)
         outcome = await self._store.release(row, canonical, owner=owner, actor=self._actor)
         if outcome.status == "not_owner":
             raise NotOwner(
                 f"The {self._named(row, canonical)} is not claimed by {owner}; only the "
                 "account that claimed it can release it (or ask the vendor to transfer it)."
             )
-        result = self._result(row, canonical, outcome, nothing="release")
-        await self._close_broker_login(login)
-        return result
+        return await self._closed(self._result(row, canonical, outcome, nothing="release"))
 
     async def transfer(self, vendor: str, model: str, number: str, *, to: str) -> LifecycleResult:
-        """An administrator moves a claimed device to another owner (audited)."""
+        """An administrator moves a claimed device to another owner (audited).
+
+        The previous owner's key is revoked, in the database and on the broker; the new
+        owner's activation window opens (a revoked device stays revoked).
+        """
         if not 1 <= len(to) <= 128:
             raise Malformed("The owner name must be 1 to 128 characters.")
         row, canonical = await self._device(vendor, model, number)
         outcome = await self._store.transfer(row, canonical, to=to, actor=self._actor)
         if outcome.status == "already_theirs":
             raise Conflict(f"The {self._named(row, canonical)} already belongs to {to}.")
-        return self._result(row, canonical, outcome, nothing="transfer")
+        return await self._closed(self._result(row, canonical, outcome, nothing="transfer"))
 
     async def reenable(
         self, vendor: str, model: str, number: str, *, window_seconds: int | None = None
     ) -> LifecycleResult:
-        """Open a new activation window; the next activation issues a new key."""
+        """Open a new activation window; the next activation issues a new key, which then
+        replaces the old one on the broker too. An owner cannot undo a vendor's revoke."""
         if window_seconds is not None and window_seconds <= 0:
             raise Malformed("The activation window must be at least one second.")
         row, canonical = await self._device(vendor, model, number)
@@ -361,41 +381,48 @@ class Admin:
             canonical,
             window_seconds=window_seconds or row.window_seconds,
             actor=self._actor,
+            by=self._role.value,
         )
+        if outcome.status == "revoked_by_vendor":
+            raise Forbidden(
+                f"The {self._named(row, canonical)} was revoked by its vendor; only the "
+                "vendor or an administrator can re-enable it."
+            )
         return self._result(row, canonical, outcome, nothing="re-enable")
 
     async def revoke(self, vendor: str, model: str, number: str) -> LifecycleResult:
-        """The key stops being valid now; activation answers revoked until re-enabled."""
+        """The key stops being valid now, in the database and on the broker; activation
+        answers revoked until re-enabled."""
         row, canonical = await self._device(vendor, model, number)
-        login = await self._store.login_of(row, canonical)
-        outcome = await self._store.revoke(row, canonical, actor=self._actor)
+        outcome = await self._store.revoke(row, canonical, actor=self._actor, by=self._role.value)
         if outcome.status == "already_revoked":
             raise Conflict(
                 f"The {self._named(row, canonical)} is already revoked; "
                 "re-enable it to let it activate again."
             )
-        result = self._result(row, canonical, outcome, nothing="revoke")
-        await self._close_broker_login(login)
-        return result
+        return await self._closed(self._result(row, canonical, outcome, nothing="revoke"))
 
-    async def _close_broker_login(self, client_id: str | None) -> None:
-        """After a committed revoke or release, the key must stop opening the broker too."""
-        if self._settings is None or client_id is None:
-            return
+    async def _closed(self, result: LifecycleResult) -> LifecycleResult:
+        """After a committed revoke, release or transfer: the key must stop opening the
+        broker too. The database change stands if the broker cannot be told; that is
+        logged and reported (``login_lingers``)."""
+        if result.login is None:
+            return result
         # Imported here: only brokers with device logins need the MQTT client at all.
         from bridge.dynsec import disable_device_login  # noqa: PLC0415
 
         try:
-            await disable_device_login(self._settings, client_id)
+            await disable_device_login(self._settings, result.login)
         except BrokerAdminError as exc:
-            # The database change stands; say loudly that the broker login lingers.
             log.warning(
                 "the key no longer activates, but the broker login %r could not be "
                 "disabled: %s; disable it on the broker by hand",
-                client_id,
+                result.login,
                 exc.message,
-                extra={"event": "broker_login_lingers", "client_id": client_id},
+                extra={"event": "broker_login_lingers", "client_id": result.login},
             )
+            return dataclasses.replace(result, login_lingers=True)
+        return result
 
     async def list_devices(
         self,
@@ -478,7 +505,9 @@ class Admin:
                 f"nothing to {nothing}; claim it first."
             )
         assert outcome.status == "ok", outcome.status
-        return LifecycleResult(canonical, outcome.owner, outcome.state, outcome.window_ends_at)
+        return LifecycleResult(
+            canonical, outcome.owner, outcome.state, outcome.window_ends_at, outcome.login
+        )
 
     async def show(self, vendor: str, model: str, number: str) -> DeviceRow:
         row = await self.model(vendor, model)

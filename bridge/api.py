@@ -143,7 +143,10 @@ class _Context:
         self.store = store
         self.settings = settings
         self.principal = principal
-        self.admin = Admin(store, actor=str(principal))
+        # The same Admin as the command line's, with the settings that reach the broker
+        # (revoke, release and transfer close the device's login there) and the role
+        # that asks (an owner cannot undo a vendor's revoke).
+        self.admin = Admin(store, settings=settings, actor=str(principal), role=principal.role)
 
     def owner(self, doing: str) -> str:
         """The owner name of an owner token, or Forbidden."""
@@ -580,13 +583,19 @@ async def reenable(
 async def transfer(
     vendor: VendorPath, model: ModelPath, identifier: NumberPath, body: TransferRequest, ctx: Ctx
 ) -> ActionResponse:
-    """Move a claimed device to another owner (state and key kept; audited)."""
+    """Move a claimed device to another owner (audited). The previous owner's key is
+    revoked (it no longer opens the broker) and the new owner's activation window opens."""
     ctx.admin_only("transfer devices")
     row = await ctx.admin.model(vendor, model)
     result = await ctx.admin.transfer(vendor, model, identifier, to=body.to)
+    then = (
+        "it stays revoked"
+        if result.previous_state == "revoked"
+        else "its old key was revoked and it activates again for a new one"
+    )
     return ActionResponse(
         message=f"The {_named(row, result.identifier)} now belongs to {body.to} "
-        f"(it was {result.previous_owner}'s).",
+        f"(it was {result.previous_owner}'s); {then}.",
         device=await _device_now(ctx, row, result.identifier),
     )
 

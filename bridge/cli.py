@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bridge import __version__, embedded, identifiers, logs, tokens
-from bridge.admin import STATES, Admin
+from bridge.admin import STATES, Admin, LifecycleResult
 from bridge.client import activate_device
 from bridge.config import Settings, load_settings
 from bridge.errors import BridgeError, Malformed
@@ -386,7 +386,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         parents=[db],
         help="move a claimed device to another owner (administrator)",
         description="Move a claimed device to another owner; recorded in the audit log. "
-        "Its state and key are kept.",
+        "The previous owner's key is revoked (it no longer opens the broker either) and the "
+        "new owner's activation window opens; a revoked device stays revoked.",
     )
     _device_arguments(p)
     p.add_argument("--to", required=True, metavar="OWNER")
@@ -786,13 +787,20 @@ async def _release(args: argparse.Namespace) -> int:
     async with Admin.connect(_settings(args), actor=_actor()) as admin:
         result = await admin.release(args.vendor, args.model, args.identifier, owner=args.owner)
     print(f"released {result.identifier} by {args.owner}; its key is no longer valid")
+    _warn_if_login_lingers(result)
     return 0
 
 
 async def _transfer(args: argparse.Namespace) -> int:
     async with Admin.connect(_settings(args), actor=_actor()) as admin:
         result = await admin.transfer(args.vendor, args.model, args.identifier, to=args.to)
-    print(f"transferred {result.identifier} from {result.previous_owner} to {args.to}")
+    then = (
+        "it stays revoked"
+        if result.previous_state == "revoked"
+        else "its old key is no longer valid and the device activates again for a new one"
+    )
+    print(f"transferred {result.identifier} from {result.previous_owner} to {args.to}; {then}")
+    _warn_if_login_lingers(result)
     return 0
 
 
@@ -812,7 +820,17 @@ async def _revoke(args: argparse.Namespace) -> int:
     async with Admin.connect(_settings(args), actor=_actor()) as admin:
         result = await admin.revoke(args.vendor, args.model, args.identifier)
     print(f"revoked {result.identifier}; activation answers 'revoked' until re-enabled")
+    _warn_if_login_lingers(result)
     return 0
+
+
+def _warn_if_login_lingers(result: LifecycleResult) -> None:
+    if result.login_lingers:
+        print(
+            f"warning: the broker could not be told; the login {result.login!r} still opens "
+            "it until you disable it there (see the log line above)",
+            file=sys.stderr,
+        )
 
 
 def _jsonable(value: object) -> object:

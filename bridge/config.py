@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     api_claim_window_seconds: int = Field(
         default=60, ge=1, description="The claim throttle window, from the first failure."
     )
+    reserved_logins: str = Field(
+        default="",
+        description="Broker logins of your own that no device may take as its client id, "
+        "comma-separated (the bridge's and the dynamic-security admin's are always reserved).",
+    )
 
     @field_validator("topic_prefix")
     @classmethod
@@ -187,6 +192,10 @@ class Settings(BaseSettings):
         if "{client_id}" not in value or value.replace("{client_id}", "x").count("{"):
             raise ValueError("must contain {client_id} and no other placeholder")
         return value
+
+    @property
+    def reserved_login_names(self) -> list[str]:
+        return [name.strip() for name in self.reserved_logins.split(",") if name.strip()]
 
     @property
     def mqtt_client_id(self) -> str:

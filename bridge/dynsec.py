@@ -3,8 +3,12 @@
 After an activation commits, the bridge gives the device a broker login: username and
 MQTT client id = the device's client id, password = the key it was just issued, and a
 role of its own that allows only its data topics (``devices/<client id>/#`` by
-default). Revoke and release disable the login; a later activation (after re-enable)
-enables it again with the new key, so the old key stops opening the broker.
+default). Revoke, release and transfer disable the login; a later activation (after
+re-enable) enables it again with the new key, so the old key stops opening the broker.
+
+It changes no login but device logins: the ones it creates carry a textName and a
+``device:<client id>`` role (:mod:`bridge.logins`), and a login that exists without
+them (an operator's) is never given a password, enabled or disabled.
 
 The bridge speaks to the plugin as its admin user, on ``$CONTROL/dynamic-security/v1``,
 over one connection opened on first use and reopened after a failure. Commands of one
@@ -31,6 +35,7 @@ from bridge.brokerconf import DEFAULT_ACL_ACCESS
 from bridge.config import MqttEndpoint, Settings
 from bridge.embedded import admin_endpoint
 from bridge.errors import BrokerAdminError
+from bridge.logins import DEVICE_TEXT_NAME, LoginNamespace, is_device_login, role_name
 
 log = logging.getLogger("bridge.dynsec")
 
@@ -42,14 +47,18 @@ _ALREADY = {
     "createRole": "Role already exists",
     "createClient": "Client already exists",
 }
+#: Clients per ``listClients`` page: a verbose page of device logins is about 150 kB.
+_PAGE = 1000
 
-
-def role_name(client_id: str) -> str:
-    return f"device:{client_id}"
+__all__ = ["DynSec", "disable_device_login", "role_name"]
 
 
 class DynSec:
-    """Creates, updates and disables device logins in the broker."""
+    """Creates, updates and disables device logins in the broker, and no other login.
+
+    With a :class:`LoginNamespace`, :meth:`refresh` teaches it the broker's operator
+    logins (and deletes device-made logins that carry an operator's name).
+    """
 
     def __init__(
         self,
@@ -59,12 +68,14 @@ class DynSec:
         topics: str = "devices/{client_id}/#",
         timeout: float = 5.0,
         cooldown: float = 30.0,
+        namespace: LoginNamespace | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._client_id = client_id
         self._topics = topics
         self._timeout = timeout
         self._cooldown = cooldown
+        self._namespace = namespace
         self._down_until = 0.0  # after a failure, fail fast until then
         self._lock = asyncio.Lock()
         self._stack: contextlib.AsyncExitStack | None = None
@@ -92,7 +103,15 @@ class DynSec:
                     await stack.aclose()
 
     async def upsert_device(self, client_id: str, key: str) -> None:
-        """Create or update the device's login: password = ``key``, enabled, own role."""
+        """Create or update the device's login: password = ``key``, enabled, own role.
+
+        Never touches a login that is not a device login: an operator's name is
+        refused before the broker is asked, and a login found to exist already is
+        changed only when it carries the device marks (:func:`is_device_login`).
+        A new login costs one round trip, as before; only a re-activation costs two.
+        """
+        if self._namespace is not None and self._namespace.is_operator(client_id):
+            raise self._untouched(client_id)
         role = role_name(client_id)
         topic = self._topics.format(client_id=client_id)
         # Its own topics allowed, everything else denied here (lower priority), so a
@@ -101,7 +120,7 @@ class DynSec:
         acls = [{"acltype": k, "topic": topic, "priority": 1, "allow": True} for k in kinds]
         acls += [{"acltype": k, "topic": "#", "priority": 0, "allow": False} for k in kinds]
         acls.append({"acltype": "unsubscribePattern", "topic": "#", "priority": 0, "allow": True})
-        await self._run(
+        responses = await self._run(
             [
                 {"command": "createRole", "rolename": role, "acls": acls},
                 {
@@ -109,28 +128,124 @@ class DynSec:
                     "username": client_id,
                     "clientid": client_id,
                     "password": key,
+                    "textName": DEVICE_TEXT_NAME,
                     "roles": [{"rolename": role}],
                 },
-                # For a login that existed already (a re-activation): the new key, and
-                # enabled again. Harmless repeats for a new one.
-                {"command": "setClientPassword", "username": client_id, "password": key},
-                {"command": "enableClient", "username": client_id},
             ]
         )
+        if responses[1].get("error"):  # it existed: a re-activation, or not a device's
+            existing = await self._get_client(client_id)
+            if existing is None or not is_device_login(existing):
+                if self._namespace is not None:
+                    self._namespace.learn_one(client_id)
+                raise self._untouched(client_id)
+            await self._run(
+                [
+                    {"command": "setClientPassword", "username": client_id, "password": key},
+                    {"command": "enableClient", "username": client_id},
+                ]
+            )
         log.info("device login set", extra={"event": "dynsec_upsert", "client_id": client_id})
 
     async def disable_device(self, client_id: str) -> None:
-        """Disable the device's login (it is also disconnected); no login is no error."""
-        responses = await self._run(
-            [{"command": "disableClient", "username": client_id}], tolerate={"Client not found"}
-        )
+        """Disable the device's login (it is also disconnected); no login is no error.
+
+        A login that is not a device login is left alone (and that is logged): a device
+        row may name one that an activation took before logins were kept apart.
+        """
+        existing = await self._get_client(client_id)
+        if existing is not None and not is_device_login(existing):
+            log.error(
+                "not disabling the broker login %r: it is not a device login",
+                client_id,
+                extra={"event": "dynsec_not_a_device", "client_id": client_id},
+            )
+            return
+        if existing is not None:
+            await self._run([{"command": "disableClient", "username": client_id}])
         log.info(
             "device login disabled",
             extra={
                 "event": "dynsec_disable",
                 "client_id": client_id,
-                "existed": not responses[0].get("error"),
+                "existed": existing is not None,
             },
+        )
+
+    async def refresh(self) -> int:
+        """Learn the broker's logins: the operators' go to the namespace, and a device
+        login carrying an operator's name is deleted (a device made it before logins were
+        kept apart, and it shadows that operator). Returns how many clients were read."""
+        clients: list[dict[str, Any]] = []
+        while True:
+            # One page per call, so activations waiting on the connection interleave.
+            page_of = {"verbose": True, "count": _PAGE, "offset": len(clients)}
+            (response,) = await self._run([{"command": "listClients", **page_of}])
+            data = response.get("data")
+            page = data.get("clients") if isinstance(data, dict) else None
+            if not isinstance(page, list):
+                break
+            clients += [c for c in page if isinstance(c, dict)]
+            if len(page) < _PAGE:
+                break
+        if self._namespace is None:
+            return len(clients)
+        self._namespace.learn(clients)
+        for client in clients:
+            name = client.get("username")
+            if (
+                isinstance(name, str)
+                and is_device_login(client)
+                and self._namespace.is_fixed_operator(name)
+            ):
+                await self._run(
+                    [
+                        {"command": "deleteClient", "username": name},
+                        {"command": "deleteRole", "rolename": role_name(name)},
+                    ],
+                    tolerate={"Client not found", "Role not found"},
+                )
+                log.warning(
+                    "deleted the broker login %r: a device created it under an operator's "
+                    "name, which it shadowed",
+                    name,
+                    extra={"event": "dynsec_repaired", "client_id": name},
+                )
+        return len(clients)
+
+    async def keep_learning(self, stop: asyncio.Event, every: float = 60.0) -> None:
+        """:meth:`refresh` now and every ``every`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                count = await self.refresh()
+                log.debug("broker logins read", extra={"event": "dynsec_refresh", "count": count})
+            except BrokerAdminError as exc:
+                log.warning(
+                    "the broker's logins could not be read: %s",
+                    exc.message,
+                    extra={"event": "dynsec_refresh_failed"},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+
+    async def _get_client(self, username: str) -> dict[str, Any] | None:
+        (response,) = await self._run(
+            [{"command": "getClient", "username": username}], tolerate={"Client not found"}
+        )
+        data = response.get("data")
+        client = data.get("client") if isinstance(data, dict) else None
+        return client if isinstance(client, dict) else None
+
+    @staticmethod
+    def _untouched(client_id: str) -> BrokerAdminError:
+        log.error(
+            "the broker login %r is not a device login; left untouched",
+            client_id,
+            extra={"event": "dynsec_not_a_device", "client_id": client_id},
+        )
+        return BrokerAdminError(
+            f"The broker login {client_id!r} is an operator's, not a device login; "
+            "it was left untouched."
         )
 
     async def _run(

@@ -16,8 +16,11 @@ as in production.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -139,6 +142,89 @@ def admin_endpoint(settings: Settings) -> MqttEndpoint | None:
     return _existing_access(settings.state_dir / "mosquitto", endpoint).admin
 
 
+def operator_logins(settings: Settings) -> set[str]:
+    """Broker logins that are the operators', as far as the configuration tells.
+
+    The bridge's own user and the dynamic-security admin (of BRIDGE_MQTT_URL, or of the
+    embedded broker), the users of the embedded broker's password file, and
+    BRIDGE_RESERVED_LOGINS. Logins created in the plugin by hand are learned from the
+    broker (:meth:`bridge.dynsec.DynSec.refresh`).
+    """
+    names = {BRIDGE_USER, DYNSEC_ADMIN, *settings.reserved_login_names}
+    if settings.mqtt_url is not None:
+        access = configured_access(settings)
+        for endpoint in (access.endpoint, access.admin):
+            if endpoint is not None and endpoint.username:
+                names.add(endpoint.username)
+        return names
+    passwd = settings.state_dir / "mosquitto" / "passwd"
+    with contextlib.suppress(OSError):
+        for line in passwd.read_text().splitlines():
+            user, sep, _ = line.partition(":")
+            if sep and user.strip() and not user.startswith("#"):
+                names.add(user.strip())
+    return names
+
+
+def repair_dynsec_file(path: Path, admin_password: str, operators: set[str]) -> list[str]:
+    """Undo in the embedded broker's dynamic-security file what devices did to it.
+
+    Before this bridge kept device logins apart from operator logins, an activation
+    could set the admin's password to its key (client id ``bridge-admin``) or create a
+    login shadowing the bridge's own user (client id ``bridge``). Run before mosquitto
+    reads the file: the admin gets its password back, and a device login carrying an
+    operator's name is deleted. Returns what was repaired (for the log).
+    """
+    from bridge.logins import is_device_login, role_name  # noqa: PLC0415 (embedded only)
+
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    clients = config.get("clients") if isinstance(config, dict) else None
+    if not isinstance(clients, list):
+        return []
+    repaired: list[str] = []
+    kept = []
+    dropped_roles = set()
+    for client in clients:
+        if not isinstance(client, dict):
+            kept.append(client)
+            continue
+        name = client.get("username")
+        if name == DYNSEC_ADMIN and not _password_matches(client, admin_password):
+            fresh = brokerconf.dynsec_config(DYNSEC_ADMIN, admin_password)["clients"][0]
+            client.update({k: fresh[k] for k in ("password", "salt", "iterations")})
+            client.pop("disabled", None)
+            repaired.append(f"reset the password of the admin login {name!r}")
+        elif isinstance(name, str) and name in operators and is_device_login(client):
+            dropped_roles.add(role_name(name))
+            repaired.append(f"deleted the device-made login {name!r} (an operator's name)")
+            continue
+        kept.append(client)
+    if not repaired:
+        return []
+    config["clients"] = kept
+    roles = config.get("roles")
+    if isinstance(roles, list):
+        config["roles"] = [
+            r for r in roles if not (isinstance(r, dict) and r.get("rolename") in dropped_roles)
+        ]
+    brokerconf.write_private(path, json.dumps(config, indent=1))
+    return repaired
+
+
+def _password_matches(client: dict[str, object], password: str) -> bool:
+    try:
+        salt = base64.b64decode(str(client["salt"]))
+        stored = base64.b64decode(str(client["password"]))
+        iterations = int(str(client["iterations"]))
+    except (KeyError, ValueError):
+        return False
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return hmac.compare_digest(digest, stored)
+
+
 def _provision(settings: Settings, workdir: Path, port: int) -> tuple[Path, BrokerAccess]:
     """Write the rendered configuration and credential files; returns the conf path."""
     creds, fresh = _credentials(workdir)
@@ -157,6 +243,16 @@ def _provision(settings: Settings, workdir: Path, port: int) -> tuple[Path, Brok
         brokerconf.write_dynsec_config(
             dynsec_file, DYNSEC_ADMIN, creds[DYNSEC_ADMIN], prefix=settings.topic_prefix
         )
+    elif plugin is not None:
+        for repair in repair_dynsec_file(
+            dynsec_file, creds[DYNSEC_ADMIN], operator_logins(settings)
+        ):
+            log.warning(
+                "repaired %s: %s",
+                dynsec_file,
+                repair,
+                extra={"event": "dynsec_file_repaired"},
+            )
     conf = brokerconf.render_conf(
         brokerconf.shipped("mosquitto.conf").read_text(),
         plain_port=port,

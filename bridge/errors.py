@@ -16,6 +16,7 @@ the boundary that meets them, with ``raise ... from exc``::
     │   ├── AlreadyActivated        "already_activated"
     │   ├── Revoked                 "revoked"
     │   ├── SealRequired            "seal_required" (no public_key; the model delivers sealed)
+    │   ├── ClientIdReserved        "client_id_reserved" (names a login not the device's)
     │   ├── ClaimedByOther          "claimed_by_other" (owner side only)
     │   ├── NotOwner                "not_owner" (owner side only)
     │   ├── Conflict                "conflict" (e.g. a model that already exists)
@@ -101,6 +102,10 @@ class SealRequired(RequestError):
     """A request without ``public_key`` for a model that delivers keys only sealed."""
 
     code = "seal_required"
+
+
+class ClientIdReserved(RequestError):
+    code = "client_id_reserved"
 
 
 class ClaimedByOther(RequestError):

@@ -19,6 +19,7 @@ from typing import Protocol
 from bridge import identifiers, keys, protocol
 from bridge.errors import (
     BridgeError,
+    ClientIdReserved,
     InvalidIdentifier,
     Malformed,
     NotApproved,
@@ -65,6 +66,12 @@ class DeviceAccounts(Protocol):
     async def disable_device(self, client_id: str) -> None: ...
 
 
+class LoginRules(Protocol):
+    """Which client ids name someone else's broker login (:class:`bridge.logins.LoginNamespace`)."""
+
+    def refusal(self, client_id: str) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class Reply:
     """What to publish on the device's reply topic, and what to log about it."""
@@ -91,6 +98,7 @@ class Provisioner:
         retry_after: int = 5,
         limit: RateLimit | None = None,
         accounts: DeviceAccounts | None = None,
+        logins: LoginRules | None = None,
         model_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         enrollment: keys.EnrollmentCipher | None = None,
@@ -98,6 +106,7 @@ class Provisioner:
         self._store = store
         self._limit = limit or RateLimit()
         self._accounts = accounts
+        self._logins = logins
         self._hasher = hasher
         self._cipher = cipher
         self._grace = grace_seconds
@@ -163,6 +172,11 @@ class Provisioner:
             model=request.model,
             identifier_presented=request.identifier,
         )
+        # Before the database, in memory: a client id that names an operator's broker
+        # login gets no key, so the login is never created, changed or disabled for it.
+        refusal = self._logins.refusal(client_id) if self._logins is not None else None
+        if refusal is not None:
+            return await self._refuse(audit, ClientIdReserved(refusal))
         try:
             device_public = (
                 keys.decode_public_key(request.public_key)

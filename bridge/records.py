@@ -136,13 +136,15 @@ class LifecycleOutcome:
     """The result of release, transfer, reenable or revoke.
 
     ``status`` is ok or the refusal (not_approved, not_claimed, not_owner,
-    already_theirs, already_revoked); ``owner`` the owner before the change.
+    already_theirs, already_revoked, revoked_by_vendor); ``owner`` the owner before
+    the change; ``login`` the client id whose broker login held the device's key.
     """
 
     status: str
     owner: str | None = None
     state: str | None = None
     window_ends_at: datetime | None = None
+    login: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from bridge import embedded, health, keys
 from bridge.config import Settings
 from bridge.dynsec import DynSec
 from bridge.errors import ConfigError, Unavailable
+from bridge.logins import LoginNamespace
 from bridge.metrics import Metrics
 from bridge.provisioner import Provisioner
 from bridge.records import RateLimit
@@ -52,7 +53,7 @@ async def serve(
     async with (
         embedded.broker(settings) as access,
         Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store,
-        _device_logins(settings, access) as accounts,
+        _device_logins(settings, access) as (logins, accounts),
     ):
         await _check_schema(store, migrate=embedded.is_embedded_database(settings))
         metrics.watch_pool(store.pool_stats)
@@ -65,6 +66,7 @@ async def serve(
             limit=RateLimit(settings.rate_limit_failures, settings.rate_limit_window_seconds),
             accounts=accounts,
             enrollment=keys.EnrollmentCipher(secret, settings.previous_server_secrets()),
+            logins=logins,
         )
         service = BridgeService(
             settings, access.endpoint, provisioner, ready=ready, metrics=metrics
@@ -83,6 +85,8 @@ async def serve(
                     )
                     if api:
                         tg.create_task(_run_api(settings, store, stop, None), name="bridge-api")
+                    if accounts is not None:
+                        tg.create_task(accounts.keep_learning(stop), name="bridge-dynsec-logins")
                     await service.run(stop)
     log.info("stopped", extra={"event": "stopped"})
 
@@ -108,17 +112,22 @@ def _readiness(service: BridgeService, store: Store, metrics: Metrics) -> health
 @contextlib.asynccontextmanager
 async def _device_logins(
     settings: Settings, access: embedded.BrokerAccess
-) -> AsyncIterator[DynSec | None]:
-    """The dynamic-security admin connection, when devices get broker logins."""
+) -> AsyncIterator[tuple[LoginNamespace, DynSec | None]]:
+    """Which client ids are operators' logins, and the dynamic-security admin connection
+    when devices get broker logins."""
+    logins = LoginNamespace(
+        embedded.operator_logins(settings), bridge_client_id=settings.mqtt_client_id
+    )
     if access.admin is None:
-        yield None
+        yield logins, None
         return
     async with DynSec(
         access.admin,
         client_id=f"{settings.mqtt_client_id}-dynsec"[:128],
         topics=settings.device_topics,
+        namespace=logins,
     ) as dynsec:
-        yield dynsec
+        yield logins, dynsec
 
 
 async def serve_api(

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -857,7 +858,11 @@ class Store:
     async def release(
         self, model: ModelRow, identifier: str, *, owner: str, actor: str
     ) -> LifecycleOutcome:
-        """The owner gives the device up: claim closed, key and stored replies gone."""
+        """The owner gives the device up: claim closed, key and stored replies gone.
+
+        A device its vendor revoked stays revoked: releasing and claiming it again
+        must not undo the vendor's decision.
+        """
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
             row = await _lock_device(conn, model.id, identifier)
             if row is None:
@@ -873,13 +878,15 @@ class Store:
                 # an open window; the others wait for the next owner's claim.
                 await conn.execute(
                     """UPDATE devices
-                          SET owner_id = NULL, state = 'approved', key_id = NULL, key_hash = NULL,
+                          SET owner_id = NULL, key_id = NULL, key_hash = NULL,
                               activated_at = NULL, updated_at = now(),
-                              window_ends_at = CASE WHEN $2::integer IS NULL THEN NULL
+                              state = CASE WHEN $3 THEN 'revoked' ELSE 'approved' END,
+                              window_ends_at = CASE WHEN $3 OR $2::integer IS NULL THEN NULL
                                   ELSE now() + make_interval(secs => $2::integer) END
                         WHERE id = $1""",
                     row["id"],
                     None if model.claim_required else model.window_seconds,
+                    _vendor_revoked(row),
                 )
                 await conn.execute("DELETE FROM replies WHERE device_id = $1", row["id"])
             await _audit(
@@ -892,16 +899,21 @@ class Store:
                 owner=owner,
                 detail=None if status == "ok" else _holder(row),
             )
-        return LifecycleOutcome(
-            status, row["owner"] if row else None, row["state"] if row else None
-        )
+        return _lifecycle(status, row)
 
     async def transfer(
         self, model: ModelRow, identifier: str, *, to: str, actor: str
     ) -> LifecycleOutcome:
-        """Move a claimed device to another owner (the chain of ownership gets a new link)."""
+        """Move a claimed device to another owner (the chain of ownership gets a new link).
+
+        The previous owner's key is revoked with it (the key is the device's identity,
+        and the previous owner may hold a copy): the new owner's activation window
+        opens, and the device activates again for a new key. A revoked device stays
+        revoked.
+        """
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
             row = await _lock_device(conn, model.id, identifier)
+            window_ends_at = None
             if row is None:
                 status = "not_approved"
             elif row["owner"] is None:
@@ -912,14 +924,23 @@ class Store:
                 status = "ok"
                 await _close_claim(conn, row["id"], actor)
                 owner_id = await _owner_id(conn, to)
-                await conn.execute(
-                    "UPDATE devices SET owner_id = $2, updated_at = now() WHERE id = $1",
+                window_ends_at = await conn.fetchval(
+                    """UPDATE devices
+                          SET owner_id = $2, key_id = NULL, key_hash = NULL,
+                              activated_at = NULL, updated_at = now(),
+                              state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'claimed' END,
+                              window_ends_at = CASE WHEN state = 'revoked' THEN NULL
+                                  ELSE now() + make_interval(secs => $3) END
+                        WHERE id = $1
+                    RETURNING window_ends_at""",
                     row["id"],
                     owner_id,
+                    model.window_seconds,
                 )
                 await conn.execute(
                     "INSERT INTO claims (device_id, owner_id) VALUES ($1, $2)", row["id"], owner_id
                 )
+                await conn.execute("DELETE FROM replies WHERE device_id = $1", row["id"])
             await _audit(
                 conn,
                 model,
@@ -928,16 +949,18 @@ class Store:
                 identifier,
                 actor=actor,
                 owner=to,
-                detail=f"from {row['owner']}" if row and row["owner"] else None,
+                detail=f"from {row['owner']}, key revoked" if row and row["owner"] else None,
             )
-        return LifecycleOutcome(
-            status, row["owner"] if row else None, row["state"] if row else None
-        )
+        return _lifecycle(status, row, window_ends_at)
 
     async def reenable(
-        self, model: ModelRow, identifier: str, *, window_seconds: int, actor: str
+        self, model: ModelRow, identifier: str, *, window_seconds: int, actor: str, by: str
     ) -> LifecycleOutcome:
-        """Open a new activation window; the next activation replaces the key."""
+        """Open a new activation window; the next activation replaces the key.
+
+        ``by`` is who asks (owner, vendor or admin): an owner cannot undo a revoke that
+        was not an owner's (``revoked_by_vendor``).
+        """
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
             row = await _lock_device(conn, model.id, identifier)
             window_ends_at = None
@@ -945,13 +968,15 @@ class Store:
                 status = "not_approved"
             elif row["owner"] is None and model.claim_required:
                 status = "not_claimed"
+            elif by == "owner" and _vendor_revoked(row):
+                status = "revoked_by_vendor"
             else:
                 status = "ok"
                 # The key hash stays until the next activation overwrites it: the
                 # old key stops being valid at that moment, not before.
                 window_ends_at = await conn.fetchval(
                     """UPDATE devices
-                          SET state = $2, updated_at = now(),
+                          SET state = $2, updated_at = now(), revoked_by = NULL,
                               window_ends_at = now() + make_interval(secs => $3)
                         WHERE id = $1
                     RETURNING window_ends_at""",
@@ -965,18 +990,22 @@ class Store:
                 conn,
                 model,
                 "reenable",
-                status,
+                "forbidden" if status == "revoked_by_vendor" else status,
                 identifier,
                 actor=actor,
                 owner=row["owner"] if row else None,
                 detail=f"was {row['state']}, window {window_seconds}s" if row else None,
             )
-        return LifecycleOutcome(
-            status, row["owner"] if row else None, row["state"] if row else None, window_ends_at
-        )
+        return _lifecycle(status, row, window_ends_at)
 
-    async def revoke(self, model: ModelRow, identifier: str, *, actor: str) -> LifecycleOutcome:
-        """The key stops being valid now; activation answers revoked until re-enabled."""
+    async def revoke(
+        self, model: ModelRow, identifier: str, *, actor: str, by: str
+    ) -> LifecycleOutcome:
+        """The key stops being valid now; activation answers revoked until re-enabled.
+
+        ``by`` (owner, vendor or admin) is kept: only a vendor or an administrator
+        undoes a revoke that was not an owner's.
+        """
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
             row = await _lock_device(conn, model.id, identifier)
             if row is None:
@@ -990,9 +1019,10 @@ class Store:
                 await conn.execute(
                     """UPDATE devices
                           SET state = 'revoked', key_id = NULL, key_hash = NULL,
-                              window_ends_at = NULL, updated_at = now()
+                              window_ends_at = NULL, updated_at = now(), revoked_by = $2
                         WHERE id = $1""",
                     row["id"],
+                    by,
                 )
                 await conn.execute("DELETE FROM replies WHERE device_id = $1", row["id"])
             await _audit(
@@ -1003,11 +1033,9 @@ class Store:
                 identifier,
                 actor=actor,
                 owner=row["owner"] if row else None,
-                detail=f"was {row['state']}" if row else None,
+                detail=f"was {row['state']}, by {by}" if row else None,
             )
-        return LifecycleOutcome(
-            status, row["owner"] if row else None, row["state"] if row else None
-        )
+        return _lifecycle(status, row)
 
     # -- reading ----------------------------------------------------------------
 
@@ -1079,7 +1107,7 @@ class Store:
 async def _lock_device(conn: Any, model_id: int, identifier: str) -> dict[str, Any] | None:
     """Lock one device row; its fields plus ``owner``, the owner's name (or None)."""
     row = await conn.fetchrow(
-        """SELECT id, state, owner_id, window_ends_at FROM devices
+        """SELECT id, state, owner_id, window_ends_at, client_id, revoked_by FROM devices
             WHERE model_id = $1 AND identifier = $2
               FOR UPDATE""",
         model_id,
@@ -1098,6 +1126,23 @@ async def _lock_device(conn: Any, model_id: int, identifier: str) -> dict[str, A
         else None
     )
     return found
+
+
+def _vendor_revoked(row: dict[str, Any]) -> bool:
+    # A revoke recorded before 010 (revoked_by NULL) came from a vendor or the CLI.
+    return bool(row["state"] == "revoked" and row["revoked_by"] != "owner")
+
+
+def _lifecycle(
+    status: str, row: dict[str, Any] | None, window_ends_at: datetime | None = None
+) -> LifecycleOutcome:
+    if row is None:
+        return LifecycleOutcome(status)
+    # ``login``: the broker login that held the key (read under the row lock, so a
+    # concurrent activation cannot slip a new one past the caller that closes it).
+    return LifecycleOutcome(
+        status, row["owner"], row["state"], window_ends_at, login=row["client_id"]
+    )
 
 
 def _audit_code(status: str) -> str:

@@ -180,7 +180,8 @@ async def test_only_an_administrator_transfers(admin: Admin, api: httpx.AsyncCli
     moved = await api.post(f"{DEVICE}/transfer", json={"to": "bob"}, headers=administrator)
     assert moved.status_code == 200
     assert moved.json()["message"] == (
-        f"The MAC address {MAC} (acme/thermo-1) now belongs to bob (it was alice's)."
+        f"The MAC address {MAC} (acme/thermo-1) now belongs to bob (it was alice's); "
+        "its old key was revoked and it activates again for a new one."
     )
     assert (await admin.show("acme", "thermo-1", MAC)).owner == "bob"
     again = await api.post(f"{DEVICE}/transfer", json={"to": "bob"}, headers=administrator)

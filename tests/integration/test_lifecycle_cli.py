@@ -119,7 +119,10 @@ async def test_unapprove_release_transfer_refusals_and_audit(settings: Settings)
     await _refused(env, "not_approved", "revoke", "acme", "thermo-1", "00:00:00:00:00:02")
 
     out = await _ok(env, "transfer", "acme", "thermo-1", MAC, "--to", "bob")
-    assert out.strip() == "transferred 001A2B3C4D5E from alice to bob"
+    assert out.strip() == (
+        "transferred 001A2B3C4D5E from alice to bob; its old key is no longer valid "
+        "and the device activates again for a new one"
+    )
     out = await _ok(env, "release", "acme", "thermo-1", MAC, "--owner", "bob")
     assert "its key is no longer valid" in out
     await _ok(env, "claim", "acme", "thermo-1", MAC, "--owner", "carol")
