@@ -949,7 +949,7 @@ class Store:
                 identifier,
                 actor=actor,
                 owner=to,
-                detail=f"from {row['owner']}, key revoked" if row and row["owner"] else None,
+                detail=f"from {row['owner']}" if row and row["owner"] else None,
             )
         return _lifecycle(status, row, window_ends_at)
 

@@ -14,7 +14,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bridge.admin import Admin
 from bridge.config import Settings
-from bridge.tokens import create_token
+from bridge.tokens import Role, create_token
 from tests.helpers import api_server
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -43,13 +43,16 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def alice_token(admin: Admin) -> str:
+async def alice_token(admin: Admin, settings: Settings) -> str:
     await admin.add_model("acme", "thermo-1", kind="mac")
     await admin.add_model("acme", "plug-3", kind="serial")
     await admin.approve("acme", "thermo-1", [APPROVED, "00:1B:2B:3C:4D:5F"])
     await admin.approve("acme", "plug-3", ["PL-000417"])
     await admin.claim("acme", "plug-3", "PL-000417", owner="alice")
-    await admin.revoke("acme", "plug-3", "PL-000417")  # e.g. the vendor revoked its key
+    # Alice revoked its key herself (a portal acting for her, e.g. a lost plug), so she may
+    # re-enable it; a vendor's revoke she could not undo.
+    owner = Admin(admin.store, settings=settings, actor="test", role=Role.OWNER)
+    await owner.revoke("acme", "plug-3", "PL-000417")
     return (await create_token(admin.store, "owner", "alice", actor="test")).token
 
 
