@@ -159,8 +159,8 @@ class Settings(BaseSettings):
     api_claim_window_seconds: int = Field(
         default=60, ge=1, description="The claim throttle window, from the first failure."
     )
-    reserved_logins: str = Field(
-        default="",
+    reserved_logins: str | None = Field(
+        default=None,
         description="Broker logins of your own that no device may take as its client id, "
         "comma-separated (the bridge's and the dynamic-security admin's are always reserved).",
     )
@@ -195,7 +195,8 @@ class Settings(BaseSettings):
 
     @property
     def reserved_login_names(self) -> list[str]:
-        return [name.strip() for name in self.reserved_logins.split(",") if name.strip()]
+        text = self.reserved_logins or ""
+        return [name.strip() for name in text.split(",") if name.strip()]
 
     @property
     def mqtt_client_id(self) -> str:
