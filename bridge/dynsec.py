@@ -220,9 +220,14 @@ class DynSec:
                 count = await self.refresh()
                 log.debug("broker logins read", extra={"event": "dynsec_refresh", "count": count})
             except BrokerAdminError as exc:
+                # A refused admin login may be one a device took before logins were kept
+                # apart: the README says how to give it its password back.
                 log.warning(
-                    "the broker's logins could not be read: %s",
+                    "the broker's logins could not be read: %s; if the broker refuses the "
+                    "admin login %r, see 'Repair of brokers attacked before this check' in "
+                    "the README",
                     exc.message,
+                    self._endpoint.username,
                     extra={"event": "dynsec_refresh_failed"},
                 )
             with contextlib.suppress(TimeoutError):
