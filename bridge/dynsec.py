@@ -139,12 +139,12 @@ class DynSec:
                 if self._namespace is not None:
                     self._namespace.learn_one(client_id)
                 raise self._untouched(client_id)
-            await self._run(
-                [
-                    {"command": "setClientPassword", "username": client_id, "password": key},
-                    {"command": "enableClient", "username": client_id},
-                ]
-            )
+            # The plugin rewrites its whole file after every change (about 20 ms per 1,000
+            # logins): no enableClient for a login that is enabled already.
+            commands = [{"command": "setClientPassword", "username": client_id, "password": key}]
+            if existing.get("disabled"):
+                commands.append({"command": "enableClient", "username": client_id})
+            await self._run(commands)
         log.info("device login set", extra={"event": "dynsec_upsert", "client_id": client_id})
 
     async def disable_device(self, client_id: str) -> None:

@@ -881,6 +881,7 @@ class Store:
                           SET owner_id = NULL, key_id = NULL, key_hash = NULL,
                               activated_at = NULL, updated_at = now(),
                               state = CASE WHEN $3 THEN 'revoked' ELSE 'approved' END,
+                              revoked_by = CASE WHEN $3 THEN revoked_by END,
                               window_ends_at = CASE WHEN $3 OR $2::integer IS NULL THEN NULL
                                   ELSE now() + make_interval(secs => $2::integer) END
                         WHERE id = $1""",
