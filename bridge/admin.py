@@ -336,6 +336,8 @@ class Admin:
                 f"Nothing was unapproved because devices are in use ({shown}{more}); "
                 "release them first, or repeat with --force to remove them anyway."
             )
+        # A removed device's key must not keep opening the broker either.
+        await self._close_logins(outcome.logins)
         return UnapproveReport(outcome.removed, outcome.missing)
 
     # Release, transfer, reenable and revoke: each is decided in one store call (one
@@ -406,23 +408,29 @@ class Admin:
         """After a committed revoke, release or transfer: the key must stop opening the
         broker too. The database change stands if the broker cannot be told; that is
         logged and reported (``login_lingers``)."""
-        if result.login is None:
+        if result.login is None or await self._close_logins([result.login]):
             return result
+        return dataclasses.replace(result, login_lingers=True)
+
+    async def _close_logins(self, logins: list[str]) -> bool:
+        """Disable these device logins on the broker; False (and a warning) if it failed."""
+        if not logins:
+            return True
         # Imported here: only brokers with device logins need the MQTT client at all.
-        from bridge.dynsec import disable_device_login  # noqa: PLC0415
+        from bridge.dynsec import disable_device_logins  # noqa: PLC0415
 
         try:
-            await disable_device_login(self._settings, result.login)
+            await disable_device_logins(self._settings, logins)
         except BrokerAdminError as exc:
             log.warning(
-                "the key no longer activates, but the broker login %r could not be "
-                "disabled: %s; disable it on the broker by hand",
-                result.login,
+                "the key no longer activates, but the broker login(s) %s could not be "
+                "disabled: %s; disable them on the broker by hand",
+                ", ".join(repr(n) for n in logins[:10]),
                 exc.message,
-                extra={"event": "broker_login_lingers", "client_id": result.login},
+                extra={"event": "broker_login_lingers", "client_id": logins[0]},
             )
-            return dataclasses.replace(result, login_lingers=True)
-        return result
+            return False
+        return True
 
     async def list_devices(
         self,

@@ -25,6 +25,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -50,7 +51,7 @@ _ALREADY = {
 #: Clients per ``listClients`` page: a verbose page of device logins is about 150 kB.
 _PAGE = 1000
 
-__all__ = ["DynSec", "disable_device_login", "role_name"]
+__all__ = ["DynSec", "disable_device_login", "disable_device_logins", "role_name"]
 
 
 class DynSec:
@@ -339,16 +340,24 @@ class DynSec:
 
 
 async def disable_device_login(settings: Settings, client_id: str | None) -> bool:
-    """Disable a device's broker login, if devices get logins; what revoke and release call.
+    """Disable a device's broker login, if devices get logins; what revoke, release and
+    transfer call (through :class:`bridge.admin.Admin`).
 
-    Call it after the database commit, with the client id the device activated from
-    (``Store.login_of``). Returns whether a broker was told; raises
-    :class:`BrokerAdminError` when it could not be.
+    Call it after the database commit, with the client id the device activated from.
+    Returns whether a broker was told; raises :class:`BrokerAdminError` when it could
+    not be.
     """
+    return await disable_device_logins(settings, [] if client_id is None else [client_id])
+
+
+async def disable_device_logins(settings: Settings, client_ids: Iterable[str]) -> bool:
+    """:func:`disable_device_login` for several devices, over one admin connection."""
     endpoint = admin_endpoint(settings)
-    if endpoint is None or client_id is None:
+    wanted = list(dict.fromkeys(client_ids))
+    if endpoint is None or not wanted:
         return False
     name = f"{settings.mqtt_client_id}-admin-{secrets.token_hex(3)}"[:128]
     async with DynSec(endpoint, client_id=name, topics=settings.device_topics) as dynsec:
-        await dynsec.disable_device(client_id)
+        for client_id in wanted:
+            await dynsec.disable_device(client_id)
     return True

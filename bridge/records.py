@@ -153,6 +153,8 @@ class UnapproveOutcome:
     missing: list[str]
     #: (identifier, owner, state) of devices in use, left alone without force
     in_use: list[tuple[str, str | None, str]]
+    #: client ids whose broker logins held the keys of removed devices
+    logins: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -809,7 +809,7 @@ class Store:
         """Remove identifiers; devices in use are left alone (all of them) unless ``force``."""
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
             locked = await conn.fetch(
-                """SELECT id, identifier, state, owner_id FROM devices
+                """SELECT id, identifier, state, owner_id, client_id FROM devices
                     WHERE model_id = $1 AND identifier = ANY($2::text[])
                     ORDER BY identifier
                     FOR UPDATE""",
@@ -853,7 +853,8 @@ class Store:
             ]
             await conn.executemany(_AUDIT_INSERT, [_audit_args(e) for e in entries])
         removed = [] if refused else [r["identifier"] for r in rows]
-        return UnapproveOutcome(removed, missing, in_use)
+        logins = [] if refused else [r["client_id"] for r in rows if r["client_id"]]
+        return UnapproveOutcome(removed, missing, in_use, logins)
 
     async def release(
         self, model: ModelRow, identifier: str, *, owner: str, actor: str

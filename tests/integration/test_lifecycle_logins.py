@@ -175,3 +175,20 @@ async def test_an_owners_own_revoke_is_the_owners_to_undo(admin: Admin, settings
     result = await owner.reenable("acme", "thermo-1", MAC)
     assert result.previous_state == "revoked"
     assert (await admin.show("acme", "thermo-1", MAC)).state == "claimed"
+
+
+@pytest.mark.usefixtures("secure_bridge")
+async def test_attack_old_key_opens_the_broker_after_a_forced_unapprove(
+    admin: Admin,
+    api: httpx.AsyncClient,
+    secure_broker: SecureBroker,
+    device_settings: Settings,
+) -> None:
+    """A vendor takes an activated device off its list (`--force`): the row is gone, and
+    its key must not keep opening the broker."""
+    key = await _activated(admin, secure_broker, device_settings, "unapproved-1")
+    vendor = await _bearer(admin, "vendor", "acme")
+    body = {"identifiers": [MAC], "force": True}
+    response = await api.post("/v1/models/acme/thermo-1/unapprove", json=body, headers=vendor)
+    assert response.status_code == 200, response.text
+    assert not await _opens(secure_broker, "unapproved-1", key, "unapproved-1")
