@@ -4,7 +4,9 @@ Imports neither aiomqtt nor asyncpg: it is handed a store (anything with the
 methods of :class:`ActivationStore`) and a clock, so it can be reasoned about
 without a broker. The decision itself happens in the database, in one round trip
 (``bridge_activate``); this module prepares the candidate key and reply before
-that round trip and words the outcome after it.
+that round trip and words the outcome after it. One check comes first, in memory:
+a client id that names an operator's broker login is refused (``client_id_reserved``)
+before the database is asked anything (:mod:`bridge.logins`).
 """
 
 from __future__ import annotations
