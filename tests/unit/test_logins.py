@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
+from bridge.config import Settings
+from bridge.embedded import operator_logins
 from bridge.logins import DEVICE_TEXT_NAME, LoginNamespace, is_device_login, role_name
 
 
@@ -74,3 +79,18 @@ def test_a_refusal_is_one_sentence_for_any_client_id(client_id: str) -> None:
     namespace = LoginNamespace([client_id], bridge_client_id="bridge-host1")
     refusal = namespace.refusal(client_id)
     assert refusal is not None and "\n" not in refusal and refusal.endswith(".")
+
+
+def test_operator_logins_come_from_the_configuration_and_the_embedded_password_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "mosquitto").mkdir()
+    (tmp_path / "mosquitto" / "passwd").write_text("bridge:$7$x\nnode-red:$7$y\n# note\n")
+    embedded_names = operator_logins(Settings(state_dir=tmp_path, reserved_logins="a, b,,"))
+    assert {"bridge", "bridge-admin", "node-red", "a", "b"} <= embedded_names
+    configured = Settings(
+        mqtt_url=SecretStr("mqtt://svc-user:pw@broker:1883"),
+        dynsec=True,
+        dynsec_username="ops-admin",
+    )
+    assert {"svc-user", "ops-admin"} <= operator_logins(configured)
