@@ -143,7 +143,8 @@ class Provisioner:
                 protocol.error_reply(request_id, exc.code, exc.message), exc.code, request_id
             )
         try:
-            return await self._activate(client_id, request)
+            reserved = await self._refuse_reserved(client_id, request)
+            return reserved if reserved is not None else await self._activate(client_id, request)
         except Unavailable as exc:
             body = protocol.error_reply(
                 request.request_id, exc.code, exc.message, self._retry_after
@@ -174,11 +175,6 @@ class Provisioner:
             model=request.model,
             identifier_presented=request.identifier,
         )
-        # Before the database, in memory: a client id that names an operator's broker
-        # login gets no key, so the login is never created, changed or disabled for it.
-        refusal = self._logins.refusal(client_id) if self._logins is not None else None
-        if refusal is not None:
-            return await self._refuse(audit, ClientIdReserved(refusal))
         try:
             device_public = (
                 keys.decode_public_key(request.public_key)
@@ -274,6 +270,26 @@ class Provisioner:
             return Reply(body, "ok", rid, canonical)
         message = _refusal(outcome, model, canonical)
         return Reply(protocol.error_reply(rid, outcome.code, message), outcome.code, rid, canonical)
+
+    async def _refuse_reserved(
+        self, client_id: str, request: protocol.ActivationRequest
+    ) -> Reply | None:
+        # Before the database, in memory: a client id that names an operator's broker
+        # login gets no key, so that login is never created, changed or disabled for it.
+        refusal = self._logins.refusal(client_id) if self._logins is not None else None
+        if refusal is None:
+            return None
+        audit = AuditEntry(
+            "activate",
+            "",
+            actor="device",
+            client_id=client_id,
+            request_id=request.request_id,
+            vendor=request.vendor,
+            model=request.model,
+            identifier_presented=request.identifier,
+        )
+        return await self._refuse(audit, ClientIdReserved(refusal))
 
     async def _refuse(
         self, audit: AuditEntry, exc: RequestError, *, detail: str | None = None

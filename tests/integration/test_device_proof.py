@@ -268,7 +268,7 @@ async def test_models_made_before_the_upgrade_keep_plaintext_delivery(postgres_u
         await conn.close()
     async with Store.open(url, pool_size=1) as store:
         assert "009_device_proof.sql" in await store.migrate()
-        admin = Admin(store, actor="test")
+        admin = Admin(store, settings=Settings(database_url=url), actor="test")
         old = await admin.model("acme", "old")
         new = await admin.add_model("acme", "new", kind="mac")
     assert (old.plaintext_keys, old.proof_required) == (True, False)
