@@ -31,7 +31,7 @@ from typing import Any, Self
 
 import aiomqtt
 
-from bridge import mqtt
+from bridge import brokerconf, mqtt
 from bridge.brokerconf import DEFAULT_ACL_ACCESS
 from bridge.config import MqttEndpoint, Settings
 from bridge.embedded import admin_endpoint
@@ -50,6 +50,16 @@ _ALREADY = {
 }
 #: Clients per ``listClients`` page: a verbose page of device logins is about 150 kB.
 _PAGE = 1000
+
+#: Answers to the anonymous guard's commands that mean "already in force".
+_GUARD_ALREADY = frozenset(
+    {
+        "Role already exists",
+        "Group already exists",
+        "Group is already in this role",
+        "ACL with this topic already exists",
+    }
+)
 
 __all__ = ["DynSec", "disable_device_login", "disable_device_logins", "role_name"]
 
@@ -70,8 +80,12 @@ class DynSec:
         timeout: float = 5.0,
         cooldown: float = 30.0,
         namespace: LoginNamespace | None = None,
+        guard_prefix: str | None = None,
     ) -> None:
         self._endpoint = endpoint
+        # The topic prefix of the anonymous guard to put in force on connecting (serve
+        # does; one-shot commands such as revoke leave the broker's groups alone).
+        self._guard_prefix = guard_prefix
         self._client_id = client_id
         self._topics = topics
         self._timeout = timeout
@@ -318,6 +332,66 @@ class DynSec:
         (response,) = await self._responses(client, tag)
         if response.get("error"):
             raise BrokerAdminError(f"The broker refused setDefaultACLAccess: {response['error']}.")
+        if self._guard_prefix is not None:
+            await self._enforce_anonymous_guard(client, self._guard_prefix)
+
+    async def _enforce_anonymous_guard(self, client: aiomqtt.Client, prefix: str) -> None:
+        # A dynamic-security file made before the guard existed (or by `mosquitto_ctrl
+        # dynsec init`) lets clients without a login join the bridges' share group:
+        # put the guard in force. Only what is missing is sent: the plugin disconnects
+        # every client of a group whose role changes, i.e. every device mid-activation.
+        present = await self._exchange(
+            client,
+            [
+                {"command": "getAnonymousGroup"},
+                {"command": "getRole", "rolename": brokerconf.ANONYMOUS_GROUP},
+            ],
+        )
+        group = present[0].get("data", {}).get("group", {}).get("groupname")
+        role = present[1].get("data", {}).get("role", {})
+        have = {
+            (a.get("acltype"), a.get("topic"), a.get("allow"))
+            for a in role.get("acls", [])
+            if isinstance(a, dict)
+        }
+        missing = [
+            command
+            for command in brokerconf.anonymous_guard_commands(prefix)
+            if command["command"] == "addRoleACL"
+            and (command["acltype"], command["topic"], command["allow"]) not in have
+        ]
+        if group == brokerconf.ANONYMOUS_GROUP and not missing:
+            return
+        commands = [
+            c
+            for c in brokerconf.anonymous_guard_commands(prefix)
+            if c["command"] != "addRoleACL" or c in missing
+        ]
+        responses = await self._exchange(client, commands)
+        failed = [
+            f"{c['command']}: {r['error']}"
+            for c, r in zip(commands, responses, strict=True)
+            if r.get("error") and r["error"] not in _GUARD_ALREADY
+        ]
+        if failed:
+            raise BrokerAdminError(
+                "The broker refused the guard of clients without a login ("
+                + "; ".join(failed)
+                + "); they could join the bridges' share group."
+            )
+        log.warning(
+            "clients without a login could join the bridges' share group; guard put in force",
+            extra={"event": "dynsec_guard", "prefix": prefix},
+        )
+
+    async def _exchange(
+        self, client: aiomqtt.Client, commands: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        tag = secrets.token_hex(8)
+        for n, command in enumerate(commands):
+            command["correlationData"] = f"{tag}:{n}"
+        await client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}).encode(), qos=1)
+        return await self._responses(client, tag)
 
     async def _responses(self, client: aiomqtt.Client, tag: str) -> list[dict[str, Any]]:
         async for message in client.messages:

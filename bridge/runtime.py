@@ -126,6 +126,7 @@ async def _device_logins(
         client_id=f"{settings.mqtt_client_id}-dynsec"[:128],
         topics=settings.device_topics,
         namespace=logins,
+        guard_prefix=settings.topic_prefix,
     ) as dynsec:
         yield logins, dynsec
 

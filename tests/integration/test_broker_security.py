@@ -58,6 +58,15 @@ class SecureBroker:
 
 @pytest.fixture(scope="module")
 def secure_broker() -> Iterator[SecureBroker]:
+    with _secure_broker() as broker:
+        yield broker
+
+
+@contextlib.contextmanager
+def _secure_broker(*, anonymous_guard: bool = True) -> Iterator[SecureBroker]:
+    """The shipped configuration on a real mosquitto; without ``anonymous_guard``, the
+    dynamic-security file is what ``mosquitto_ctrl dynsec init`` (or an older bridge)
+    writes: no group for clients without a login."""
     plugin = brokerconf.find_dynsec_plugin()
     assert plugin is not None, "mosquitto's dynamic-security plugin is not installed"
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -73,12 +82,11 @@ def secure_broker() -> Iterator[SecureBroker]:
     brokerconf.write_private(
         workdir / "passwd", brokerconf.password_line("bridge", broker.bridge_password) + "\n"
     )
-    brokerconf.write_dynsec_config(
-        workdir / "dynamic-security.json",
-        "bridge-admin",
-        broker.admin_password,
-        prefix=broker.prefix,
-    )
+    dynsec = brokerconf.dynsec_config("bridge-admin", broker.admin_password, prefix=broker.prefix)
+    if not anonymous_guard:
+        del dynsec["anonymousGroup"], dynsec["groups"]
+        dynsec["roles"] = [r for r in dynsec["roles"] if r["rolename"] == "bridge-admin"]
+    brokerconf.write_private(workdir / "dynamic-security.json", json.dumps(dynsec))
     acl = brokerconf.shipped("mosquitto.acl").read_text()
     (workdir / "mosquitto.acl").write_text(brokerconf.render_acl(acl, broker.prefix))
     conf = brokerconf.render_conf(
@@ -479,3 +487,38 @@ def test_the_share_group_name_is_derived_from_the_server_secret(settings: Settin
     assert one.subscription_group() != other.subscription_group()
     assert settings.subscription_group() is None
     assert protocol.subscription("p", one.subscription_group()).startswith("$share/bridges-")
+
+
+async def test_attack_share_group_on_a_broker_whose_dynsec_file_predates_the_guard(
+    secure_settings: Settings,
+) -> None:
+    """An operator's broker set up with `mosquitto_ctrl dynsec init`: the bridge puts the
+    guard in force when its admin connection opens."""
+    with _secure_broker(anonymous_guard=False) as old:
+        url = f"mqtts://bridge:{old.bridge_password}@127.0.0.1:{old.tls_port}"
+        settings = secure_settings.model_copy(
+            update={
+                "mqtt_url": SecretStr(url),
+                "mqtt_ca_file": old.ca_file,
+                "topic_prefix": old.prefix,
+                "dynsec_password": SecretStr(old.admin_password),
+                "share_group": "bridges",
+            }
+        )
+        topic = f"$share/bridges/{old.prefix}/activate/+"
+        async with mqtt.client(old.endpoint(), "before", persistent=False) as before:
+            assert all(_granted(await before.subscribe(topic, qos=1)))  # the hole
+        running = await start_bridge(settings)
+        try:
+            # The guard goes in force when the admin connection opens, beside serving;
+            # putting it in force disconnects the clients without a login once.
+            granted: list[bool] = [True]
+            deadline = asyncio.get_running_loop().time() + 15
+            while any(granted) and asyncio.get_running_loop().time() < deadline:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    async with mqtt.client(old.endpoint(), "after", persistent=False) as after:
+                        granted = _granted(await after.subscribe(topic, qos=1, timeout=2))
+                await asyncio.sleep(0.2)
+            assert not any(granted)
+        finally:
+            await running.halt()
