@@ -53,16 +53,16 @@ def write_broker_files(
             "BRIDGE_DYNSEC_USERNAME and BRIDGE_DYNSEC_PASSWORD"
         )
     directory.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        os.chown(directory, *owner)
     written = [directory / "passwd", directory / "mosquitto.acl", directory / "mosquitto.conf"]
-    brokerconf.write_private(
-        written[0], brokerconf.password_line(mine.username, mine.password) + "\n"
-    )
+    _write(written[0], brokerconf.password_line(mine.username, mine.password) + "\n", owner)
     acl = brokerconf.render_acl(
         brokerconf.shipped("mosquitto.acl").read_text(), settings.topic_prefix
     )
     if mine.username != "bridge":  # the shipped ACL grants the bridge's topics to "bridge"
         acl = acl.replace("\nuser bridge\n", f"\nuser {mine.username}\n")
-    brokerconf.write_private(written[1], acl)
+    _write(written[1], acl, owner)
     conf = brokerconf.render_conf(
         brokerconf.shipped("mosquitto.conf").read_text(),
         plain_port=PLAIN_PORT,
@@ -72,15 +72,25 @@ def write_broker_files(
     )
     if tls_dir is not None:
         conf = _certificates_in(conf, tls_dir)
-    brokerconf.write_private(written[2], conf)
+    _write(written[2], conf, owner)
     if plugin is not None and admin is not None and admin.username and admin.password:
         dynsec_file = directory / "dynamic-security.json"
-        _write_dynsec(dynsec_file, admin.username, admin.password, settings.topic_prefix)
+        _write_dynsec(dynsec_file, admin.username, admin.password, settings.topic_prefix, owner)
         written.append(dynsec_file)
-    if owner is not None:
-        for path in [directory, *written]:
-            os.chown(path, *owner)
     return written
+
+
+def _write(path: Path, text: str, owner: tuple[int, int] | None) -> None:
+    """Replace ``path`` at once (0600, the broker's user's): a broker starting meanwhile
+    reads the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}.new")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        if owner is not None:
+            os.fchown(f.fileno(), *owner)
+        f.write(text)
+    os.replace(temporary, path)
 
 
 def _certificates_in(conf: str, tls_dir: Path) -> str:
@@ -95,9 +105,11 @@ def _certificates_in(conf: str, tls_dir: Path) -> str:
     return "\n".join(out) + "\n"
 
 
-def _write_dynsec(path: Path, username: str, password: str, prefix: str) -> None:
+def _write_dynsec(
+    path: Path, username: str, password: str, prefix: str, owner: tuple[int, int] | None
+) -> None:
     if not path.is_file():
-        brokerconf.write_dynsec_config(path, username, password, prefix=prefix)
+        _write(path, json.dumps(brokerconf.dynsec_config(username, password, prefix=prefix)), owner)
         return
     try:
         current = json.loads(path.read_text())
@@ -111,7 +123,7 @@ def _write_dynsec(path: Path, username: str, password: str, prefix: str) -> None
             break
     else:
         clients.append(fresh)
-    brokerconf.write_private(path, json.dumps(current, indent=1))
+    _write(path, json.dumps(current, indent=1), owner)
 
 
 def parse_owner(text: str) -> tuple[int, int]:
