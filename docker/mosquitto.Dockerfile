@@ -7,8 +7,11 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # A fixed uid for the broker's user, created before the package does it with a random one,
-# so that `broker-files --owner 10002:10002` and the key's owner can name it.
+# so that `broker-files --owner 10002:10002` and the key's owner can name it. Debian 12's
+# packages are the pin (DL3008).
+# hadolint ignore=DL3008
 RUN groupadd --system --gid 10002 mosquitto \
  && useradd --system --uid 10002 --gid 10002 --home-dir /broker --no-create-home \
         --shell /usr/sbin/nologin mosquitto \

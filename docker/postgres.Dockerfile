@@ -8,8 +8,14 @@ ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
 # Debian's package would create and start a "main" cluster; this image makes its own
-# in PGDATA (a volume), so the package's cluster creation is switched off.
-RUN mkdir -p /etc/postgresql-common/createcluster.d \
+# in PGDATA (a volume), so the package's cluster creation is switched off. The postgres
+# user gets a fixed uid (10003) before the package would make one. Debian 12's packages are
+# the pin (DL3008).
+# hadolint ignore=DL3008
+RUN groupadd --system --gid 10003 postgres \
+ && useradd --system --uid 10003 --gid 10003 --home-dir /var/lib/postgresql --no-create-home \
+        --shell /bin/sh postgres \
+ && mkdir -p /etc/postgresql-common/createcluster.d \
  && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/no-main.conf \
  && apt-get update \
  && apt-get install -y --no-install-recommends postgresql-15 \
@@ -20,7 +26,7 @@ RUN mkdir -p /etc/postgresql-common/createcluster.d \
 COPY docker/postgres-init.sh /usr/local/bin/postgres-init
 ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PGDATA=/var/lib/postgresql/data
-USER postgres
+USER 10003:10003
 EXPOSE 5432
 STOPSIGNAL SIGINT
 HEALTHCHECK --interval=5s --timeout=3s --retries=20 CMD ["pg_isready", "-h", "127.0.0.1", "-U", "bridge", "-d", "bridge"]
