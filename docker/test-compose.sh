@@ -55,6 +55,8 @@ teardown() {
     exit "$rc"
 }
 trap teardown EXIT
+# timeout(1) sends TERM: exit through the teardown above.
+trap 'exit 143' TERM INT
 
 # Secrets only in the environment (never on a command line): hex, as env.example says.
 hex() { "$PY" -c 'import secrets; print(secrets.token_hex(24))'; }
