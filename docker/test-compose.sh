@@ -16,9 +16,9 @@ cd "$(dirname "$0")/.."
 T0=$(date +%s)
 PROJECT=bridgetest$$
 COMPOSE_FILE=docker/compose.yaml
-PY=.venv/bin/python
-[ -x "$PY" ] || PY=python3
+PY=.venv/bin/python   # the repository's venv (`.ci/run` makes it): reference client, certs
 
+[ -x "$PY" ] || { echo "FAIL: $PY is missing; run .ci/run (or make the venv) first" >&2; exit 1; }
 step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - T0 ))"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
@@ -136,7 +136,7 @@ print(int(sum(float(l.split()[-1]) for l in t.splitlines() if l.startswith("brid
 step "activations from the host through mqtts://127.0.0.1:$BRIDGE_MQTTS_PORT"
 activate() {  # identifier client-id [extra flags]; prints the reply as JSON
     local id=$1 cid=$2; shift 2
-    env -u BRIDGE_DATABASE_URL .venv/bin/bridge activate --mqtt-url "mqtts://127.0.0.1:$BRIDGE_MQTTS_PORT" \
+    env -u BRIDGE_DATABASE_URL "$PY" -m bridge activate --mqtt-url "mqtts://127.0.0.1:$BRIDGE_MQTTS_PORT" \
         --mqtt-ca-file "$CA" --vendor acme --model thermo-1 --identifier "$id" --client-id "$cid" \
         --timeout 10 --json "$@"
 }
