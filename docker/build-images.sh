@@ -19,6 +19,10 @@ need=()
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+# The compose network's DNS (service names) comes from netavark's aardvark-dns.
+for pkg in netavark aardvark-dns; do
+    dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
+done
 if [ "${#need[@]}" -gt 0 ]; then
     step "apt-get install ${need[*]}"
     apt-get update -qq

@@ -117,7 +117,7 @@ for attack in "DROP TRIGGER audit_log_append_only ON audit_log" \
     if out=$(as_runtime "$attack"); then
         fail "the runtime role could run: $attack"
     fi
-    echo "runtime role refused: $attack -> ${out##*ERROR:  }"
+    echo "attack refused (runtime role): $attack -> ${out##*ERROR:  }"
 done
 unset PGPASSWORD
 
