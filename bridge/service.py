@@ -134,7 +134,10 @@ class BridgeService:
         return mqtt.connect(
             self._endpoint,
             self._settings.mqtt_client_id,
-            persistent=True,
+            # In a share group, no session outlives its connection: Mosquitto keeps handing
+            # a share of the requests to a member's stored session while it is away (2.0.11),
+            # so a dead or replaced replica would swallow a share until it came back.
+            persistent=self._settings.share_group is None,
             # The broker holds back what does not fit: the queue and the workers.
             max_inflight=min(2 * self._settings.max_in_flight, 65_535),
             manual_ack=True,
