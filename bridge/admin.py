@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -169,6 +168,21 @@ class Admin:
                 f"The model {vendor}/{model} is not registered; check the vendor and model names."
             )
         return row
+
+    async def unusable_patterns(self) -> list[str]:
+        """One sentence per stored model whose serial pattern this bridge refuses.
+
+        Such a model predates RE2 patterns (see :func:`bridge.identifiers.check_pattern`);
+        every serial number of it is refused until its pattern is replaced.
+        """
+        return [
+            f"The model {row.vendor}/{row.model} has the pattern {row.pattern!r}, which "
+            f"this bridge does not accept ({reason}); every serial number of it is refused "
+            "until the pattern is replaced."
+            for row in await self._store.patterned_models()
+            if row.pattern is not None
+            and (reason := identifiers.unusable_pattern(row.pattern)) is not None
+        ]
 
     async def approve(self, vendor: str, model: str, numbers: Iterable[str]) -> ApproveReport:
         """Approve identifiers (any accepted spelling); all or nothing on a bad one."""
@@ -520,9 +534,5 @@ def _any_kind(text: str) -> tuple[str, ...]:
 
 
 def _check_pattern(pattern: str) -> None:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise Malformed(
-            f"The pattern {pattern!r} is not a valid regular expression: {exc}."
-        ) from exc
+    # RE2 syntax and bounded size, so that matching device input is linear time.
+    identifiers.check_pattern(pattern)

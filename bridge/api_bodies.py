@@ -84,7 +84,17 @@ class ModelRequest(_Body):
     )
     model: Name
     kind: identifiers.Kind
-    pattern: Annotated[str, Field(max_length=512), AfterValidator(printable)] | None = None
+    pattern: (
+        Annotated[
+            str,
+            Field(
+                max_length=identifiers.MAX_PATTERN_LENGTH,
+                description="serial kind only: RE2 syntax (no backreferences or lookaround)",
+            ),
+            AfterValidator(printable),
+        ]
+        | None
+    ) = None
     window_seconds: int = Field(default=86_400, ge=1, le=366 * 86_400)
     claim_required: bool = True
 

@@ -473,7 +473,10 @@ async def _migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     async with Admin.connect(settings) as admin:
         applied = await admin.store.migrate()
+        unusable = await admin.unusable_patterns()
     print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+    for sentence in unusable:
+        print(f"warning: {sentence}", file=sys.stderr)
     return 0
 
 

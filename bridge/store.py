@@ -273,6 +273,15 @@ class Store:
             )
         return ModelRow(**dict(row)) if row is not None else None
 
+    async def patterned_models(self) -> list[ModelRow]:
+        """Every model that has a serial pattern, in name order."""
+        async with _reachable():
+            rows = await self._pool.fetch(
+                """SELECT id, vendor, model, kind, pattern, window_seconds, claim_required
+                   FROM models WHERE pattern IS NOT NULL ORDER BY vendor, model"""
+            )
+        return [ModelRow(**dict(row)) for row in rows]
+
     # -- activation -------------------------------------------------------------
 
     async def activate(
