@@ -14,12 +14,15 @@ comes from the bearer token (:mod:`bridge.tokens`):
 
 Failed claims are throttled per token (``rate_limited``, 429 with Retry-After),
 so that "did you mean ...?" cannot be used to enumerate approved numbers.
-Bodies live in :mod:`bridge.api_bodies`; :mod:`bridge.webserver` serves the app.
+Bodies live in :mod:`bridge.api_bodies`; :mod:`bridge.webserver` serves the app;
+:mod:`bridge.api_guard` limits bodies, checks the token before a body is read,
+and adds the security headers to every answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +35,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from bridge import __version__, identifiers
 from bridge.admin import STATES, Admin
@@ -61,6 +66,7 @@ from bridge.api_bodies import (
     model_body,
     printable,
 )
+from bridge.api_guard import RequestGuard
 from bridge.config import Settings
 from bridge.errors import (
     BridgeError,
@@ -90,6 +96,7 @@ STATUS: dict[str, int] = {
     "forbidden": 403,
     "not_owner": 403,
     "rate_limited": 429,
+    "too_large": 413,
     "unavailable": 503,
 }
 
@@ -177,8 +184,24 @@ async def _context(
 ) -> _Context:
     store: Store = request.app.state.store
     settings: Settings = request.app.state.settings
-    token = credentials.credentials if credentials else None
-    return _Context(store, settings, await authenticate(store, token))
+    # The guard authenticated the request before reading its body (_gate).
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        token = credentials.credentials if credentials else None
+        principal = await authenticate(store, token)
+    return _Context(store, settings, principal)
+
+
+def _gate(store: Store) -> Callable[[Scope], Awaitable[None]]:
+    """Authenticate from the headers alone, as HTTPBearer reads them, before any body."""
+
+    async def gate(scope: Scope) -> None:
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        principal = await authenticate(store, bearer)
+        scope.setdefault("state", {})["principal"] = principal
+
+    return gate
 
 
 Ctx = Annotated[_Context, Depends(_context)]
@@ -193,9 +216,19 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         version=__version__,
         description="Owners claim devices; vendors approve them. Errors are "
         '`{"code", "message"}` with the codes of the command line.',
+        # Swagger UI and ReDoc load scripts from a CDN into the page where a
+        # token is typed; the OpenAPI document at /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.store = store
     app.state.settings = settings
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.api_max_body_bytes,
+        gate=_gate(store),
+        render=render_error,
+    )
     app.add_exception_handler(BridgeError, _bridge_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
@@ -206,10 +239,15 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
 
 
 async def _page() -> Response:
-    return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+    return FileResponse(STATIC_DIR / "index.html")
 
 
 async def _bridge_error(request: Request, exc: BridgeError) -> Response:
+    return render_error(exc)
+
+
+def render_error(exc: BridgeError) -> Response:
+    """The JSON answer to a refusal, with its status and headers."""
     status = STATUS.get(exc.code, 409 if isinstance(exc, RequestError) else 500)
     headers = {}
     if isinstance(exc, RateLimited | Unavailable):
@@ -588,14 +626,6 @@ async def transfer(
         f"(it was {result.previous_owner}'s).",
         device=await _device_now(ctx, row, result.identifier),
     )
-
-
-#: The page runs no inline script and loads nothing from elsewhere.
-_PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 
 
 async def _owned_device(ctx: _Context, model: ModelRow, identifier: str) -> Device:
