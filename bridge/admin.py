@@ -62,13 +62,17 @@ class ApproveReport:
 
 @dataclass(frozen=True)
 class ImportReport:
-    """What an approval file did (or, with ``dry_run``, would do)."""
+    """What an approval file did (or, with ``dry_run``, would do).
+
+    ``refused`` lists the first 1,000 refused rows; ``refused_total`` counts them all.
+    """
 
     added: int
     already: int
     duplicates: int
     refused: list[Refusal]
     dry_run: bool
+    refused_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,8 @@ class Admin:
 
         The rows are parsed in a worker thread a batch ahead of the database, so
         parsing (Python) and inserting (PostgreSQL) use both cores at once.
+        Memory is two batches of identifiers whatever the rows: ranges are
+        expanded lazily and duplicates are found by the database.
         """
         row = await self.model(vendor, model)
         parsed = approval_file.ParsedRows()
@@ -283,7 +289,7 @@ class Admin:
             pairs = [(v, identifiers.lookalike_key(row.kind, v)) for v in values]
             return pairs, parsed.last_line
 
-        added = already = 0
+        added = already = duplicates = 0
         async with self._store.bulk_approver(
             row, actor=self._actor, detail=f"from {source}" if source else None, dry_run=dry_run
         ) as load:
@@ -291,8 +297,8 @@ class Admin:
             try:
                 while (batch := await pending) is not None:
                     pending = asyncio.ensure_future(asyncio.to_thread(next_batch))
-                    new, old = await load(batch[0])
-                    added, already = added + new, already + old
+                    new, old, again = await load(batch[0])
+                    added, already, duplicates = added + new, already + old, duplicates + again
                     if progress is not None:
                         progress("importing", batch[1], total_lines)
             finally:
@@ -303,7 +309,9 @@ class Admin:
                     pending.exception()  # retrieved: the error that matters is already raised
         if progress is not None:
             progress("importing", total_lines, total_lines)
-        return ImportReport(added, already, parsed.duplicates, parsed.refused, dry_run)
+        return ImportReport(
+            added, already, duplicates, parsed.refused, dry_run, parsed.refused_total
+        )
 
     async def unapprove(
         self, vendor: str, model: str, numbers: Iterable[str], *, force: bool = False

@@ -39,9 +39,10 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
-from bridge import __version__, identifiers
+from bridge import __version__, approval_file, identifiers
 from bridge.admin import STATES, Admin
 from bridge.api_bodies import (
+    BULK_MAX_IDENTIFIERS,
     ActionResponse,
     ApproveRequest,
     ApproveResponse,
@@ -75,6 +76,7 @@ from bridge.errors import (
     NotFound,
     RateLimited,
     RequestError,
+    TooLarge,
     Unavailable,
     UnknownModel,
 )
@@ -455,16 +457,26 @@ async def approve(
 @router.post(
     "/models/{vendor}/{model}/approvals/bulk",
     response_model=BulkApproveResponse,
-    responses=_error_responses(403, 404),
+    responses=_error_responses(403, 404, 413),
     tags=["vendor"],
 )
 async def bulk_approve(
     vendor: VendorPath, model: ModelPath, body: BulkApproveRequest, ctx: Ctx
 ) -> BulkApproveResponse:
     """Approve rows as in an approval file (ranges ``FIRST..LAST`` too); bad rows are
-    reported and the others loaded, in one transaction. ``dry_run`` writes nothing."""
+    reported and the others loaded, in one transaction. ``dry_run`` writes nothing.
+
+    At most 10,000 rows and 1,000,000 identifiers in all (413 ``too_large``)."""
     ctx.vendor_scope("approve devices")
-    await ctx.own_model(vendor, model)
+    row = await ctx.own_model(vendor, model)
+    kind = identifiers.Kind(row.kind)
+    # Counted from the ranges' ends before anything is expanded or loaded.
+    total = sum(approval_file.row_size(kind, row.pattern, text) for text in body.rows)
+    if total > BULK_MAX_IDENTIFIERS:
+        raise TooLarge(
+            f"The rows hold {total:,} identifiers, and one request approves at most "
+            f"{BULK_MAX_IDENTIFIERS:,}; split them over several requests."
+        )
     report = await ctx.admin.approve_rows(
         vendor, model, enumerate(body.rows, start=1), dry_run=body.dry_run, source="api"
     )
@@ -473,6 +485,7 @@ async def bulk_approve(
         already=report.already,
         duplicates=report.duplicates,
         refused=[Refused(row=r.line, text=r.text, reason=r.reason) for r in report.refused],
+        refused_total=report.refused_total,
         dry_run=report.dry_run,
     )
 

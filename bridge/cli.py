@@ -584,11 +584,16 @@ async def _approve(args: argparse.Namespace) -> int:
                 bar.close()
     for refusal in report.refused:
         print(f"line {refusal.line}: refused: {refusal.reason}", file=sys.stderr)
+    if report.refused_total > len(report.refused):
+        print(
+            f"... and {report.refused_total - len(report.refused):,} more refused lines",
+            file=sys.stderr,
+        )
     verb = "would be added" if report.dry_run else "added"
     print(
         f"{'dry run, nothing written: ' if report.dry_run else 'approved: '}"
         f"{report.added} {verb}, {report.already} already approved, "
-        f"{len(report.refused)} refused"
+        f"{report.refused_total} refused"
         + (f", {report.duplicates} duplicate(s) ignored" if report.duplicates else "")
     )
     return 1 if report.refused else 0
