@@ -9,6 +9,9 @@ An ASGI middleware around the API (:mod:`bridge.api` installs it):
 - a request under ``/v1/`` is authenticated (``gate``) before its body is read,
   so a request without a valid token costs a header and a token lookup, never
   the reading or parsing of its body;
+- at most ``max_bodies`` requests with a body are read and handled at once
+  (503 ``unavailable`` with Retry-After beyond), so memory for bodies and
+  their parsed form is bounded however many connections send them;
 - every response, errors and the OpenAPI document included, carries the
   security headers: no sniffing, no framing, no referrer, no caching of API
   answers, and a Content-Security-Policy that lets the owner page load only
@@ -24,7 +27,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge.errors import BridgeError, TooLarge
+from bridge.errors import BridgeError, TooLarge, Unavailable
 
 #: Authenticates a request from its headers (``scope``), before its body is
 #: read; raises a BridgeError (401, 503) to refuse it.
@@ -68,11 +71,21 @@ def security_headers(path: str) -> list[tuple[bytes, bytes]]:
 class RequestGuard:
     """The ASGI middleware; ``gate`` runs for paths under ``/v1/``."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, gate: Gate, render: Render) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        gate: Gate,
+        render: Render,
+        max_bodies: int = 32,
+    ) -> None:
         self._app = app
         self._limit = max_body_bytes
         self._gate = gate
         self._render = render
+        self._max_bodies = max_bodies
+        self._bodies = 0  # requests with a body being read or handled now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,14 +108,16 @@ class RequestGuard:
                 }
             await send(message)
 
+        holds_body = False
         try:
-            body = await self._admit(scope, receive)
-        except BridgeError as refusal:
-            await self._render(refusal)(scope, receive, send_with_headers)
-            return
-        if body is None:
-            return  # the client went away while sending
-        try:
+            try:
+                body = await self._admit(scope, receive)
+            except BridgeError as refusal:
+                await self._render(refusal)(scope, receive, send_with_headers)
+                return
+            holds_body = body is not receive
+            if body is None:
+                return  # the client went away while sending
             await self._app(scope, body, send_with_headers)
         except Exception:
             if not started:
@@ -119,6 +134,9 @@ class RequestGuard:
                 )
                 await answer(scope, receive, send_with_headers)
             raise
+        finally:
+            if holds_body:
+                self._bodies -= 1
 
     async def _admit(self, scope: Scope, receive: Receive) -> Receive | None:
         """The request's ``receive``, its body read within the limit; or a refusal."""
@@ -130,6 +148,20 @@ class RequestGuard:
             await self._gate(scope)
         if not declared and "transfer-encoding" not in headers:
             return receive  # no body: nothing to read or count
+        if self._bodies >= self._max_bodies:
+            raise Unavailable(
+                "The API is handling as many requests with a body as it takes at once; "
+                "try again in a second.",
+                retry_after=1,
+            )
+        self._bodies += 1  # released by __call__ when the request is answered
+        try:
+            return await self._read(receive)
+        except BaseException:
+            self._bodies -= 1
+            raise
+
+    async def _read(self, receive: Receive) -> Receive | None:
         chunks: list[bytes] = []
         size = 0
         while True:

@@ -238,3 +238,39 @@ async def test_attack_every_answer_carries_security_headers(
     # Swagger UI would load a CDN's scripts into the page a token is typed into.
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/docs")).status_code == 404
+
+
+async def test_attack_many_slow_bodies_at_once_are_bounded(admin: Admin, server: ApiServer) -> None:
+    """32 requests hold a body open; the 33rd with a body is answered 503 at once."""
+    token = await _token(admin)
+    held: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(32):
+            _reader, writer = await _open(server)
+            writer.write(_head("/v1/models", token, "Content-Length: 1000") + b'{"model": ')
+            await writer.drain()
+            held.append(writer)
+        await asyncio.sleep(0.5)  # each is now being read by the server
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            headers = {"Authorization": f"Bearer {token}"}
+            busy = await http.post(
+                "/v1/models", json={"model": "m", "kind": "mac"}, headers=headers
+            )
+            # A request without a body is not held up.
+            me = await http.get("/v1/me", headers=headers)
+    finally:
+        for writer in held:
+            writer.close()
+    assert busy.status_code == 503, busy.text
+    assert busy.json()["code"] == "unavailable"
+    assert busy.headers["retry-after"] == "1"
+    assert busy.headers["x-frame-options"] == "DENY"
+    assert me.status_code == 200
+    await asyncio.sleep(0.5)  # the server sees the held clients go
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        made = await http.post(
+            "/v1/models",
+            json={"model": "m", "kind": "mac"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert made.status_code == 201, made.text
