@@ -149,3 +149,11 @@ def test_huge_and_backwards_ranges_are_refused() -> None:
         expand_range(Kind.MAC, None, f"000000000000..{MAX_RANGE:012X}")
     with pytest.raises(Malformed, match="ends before it starts"):
         expand_range(Kind.MAC, None, "000000000002..000000000001")
+
+
+def test_a_csv_quote_never_closed_is_refused_not_held(tmp_path: Path) -> None:
+    # The csv module would gather the rest of the file into one field: it stops
+    # at its field limit (128 KiB), and the file is refused in one sentence.
+    text = 'identifier,note\n"00:00:00:00:00:01,x\n' + "00:00:00:00:00:02,y\n" * 20_000
+    with pytest.raises(Malformed, match=r"The CSV file cannot be read past line \d+: field larger"):
+        _rows(tmp_path, text)
