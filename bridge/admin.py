@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,13 +74,17 @@ class ApproveReport:
 
 @dataclass(frozen=True)
 class ImportReport:
-    """What an approval file did (or, with ``dry_run``, would do)."""
+    """What an approval file did (or, with ``dry_run``, would do).
+
+    ``refused`` lists the first 1,000 refused rows; ``refused_total`` counts them all.
+    """
 
     added: int
     already: int
     duplicates: int
     refused: list[Refusal]
     dry_run: bool
+    refused_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,21 @@ class Admin:
             )
         return row
 
+    async def unusable_patterns(self) -> list[str]:
+        """One sentence per stored model whose serial pattern this bridge refuses.
+
+        Such a model predates RE2 patterns (see :func:`bridge.identifiers.check_pattern`);
+        every serial number of it is refused until its pattern is replaced.
+        """
+        return [
+            f"The model {row.vendor}/{row.model} has the pattern {row.pattern!r}, which "
+            f"this bridge does not accept ({reason}); every serial number of it is refused "
+            "until the pattern is replaced."
+            for row in await self._store.patterned_models()
+            if row.pattern is not None
+            and (reason := identifiers.unusable_pattern(row.pattern)) is not None
+        ]
+
     async def approve(self, vendor: str, model: str, numbers: Iterable[str]) -> ApproveReport:
         """Approve identifiers (any accepted spelling); all or nothing on a bad one."""
         row = await self.model(vendor, model)
@@ -283,6 +301,8 @@ class Admin:
 
         The rows are parsed in a worker thread a batch ahead of the database, so
         parsing (Python) and inserting (PostgreSQL) use both cores at once.
+        Memory is two batches of identifiers whatever the rows: ranges are
+        expanded lazily and duplicates are found by the database.
         """
         row = await self.model(vendor, model)
         parsed = approval_file.ParsedRows()
@@ -295,7 +315,7 @@ class Admin:
             pairs = [(v, identifiers.lookalike_key(row.kind, v)) for v in values]
             return pairs, parsed.last_line
 
-        added = already = 0
+        added = already = duplicates = 0
         async with self._store.bulk_approver(
             row, actor=self._actor, detail=f"from {source}" if source else None, dry_run=dry_run
         ) as load:
@@ -303,8 +323,8 @@ class Admin:
             try:
                 while (batch := await pending) is not None:
                     pending = asyncio.ensure_future(asyncio.to_thread(next_batch))
-                    new, old = await load(batch[0])
-                    added, already = added + new, already + old
+                    new, old, again = await load(batch[0])
+                    added, already, duplicates = added + new, already + old, duplicates + again
                     if progress is not None:
                         progress("importing", batch[1], total_lines)
             finally:
@@ -315,7 +335,9 @@ class Admin:
                     pending.exception()  # retrieved: the error that matters is already raised
         if progress is not None:
             progress("importing", total_lines, total_lines)
-        return ImportReport(added, already, parsed.duplicates, parsed.refused, dry_run)
+        return ImportReport(
+            added, already, duplicates, parsed.refused, dry_run, parsed.refused_total
+        )
 
     async def unapprove(
         self, vendor: str, model: str, numbers: Iterable[str], *, force: bool = False
@@ -683,9 +705,5 @@ def _any_kind(text: str) -> tuple[str, ...]:
 
 
 def _check_pattern(pattern: str) -> None:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise Malformed(
-            f"The pattern {pattern!r} is not a valid regular expression: {exc}."
-        ) from exc
+    # RE2 syntax and bounded size, so that matching device input is linear time.
+    identifiers.check_pattern(pattern)

@@ -14,12 +14,15 @@ comes from the bearer token (:mod:`bridge.tokens`):
 
 Failed claims are throttled per token (``rate_limited``, 429 with Retry-After),
 so that "did you mean ...?" cannot be used to enumerate approved numbers.
-Bodies live in :mod:`bridge.api_bodies`; :mod:`bridge.webserver` serves the app.
+Bodies live in :mod:`bridge.api_bodies`; :mod:`bridge.webserver` serves the app;
+:mod:`bridge.api_guard` limits bodies, checks the token before a body is read,
+and adds the security headers to every answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +35,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
-from bridge import __version__, identifiers
+from bridge import __version__, approval_file, identifiers
 from bridge.admin import STATES, Admin
 from bridge.api_bodies import (
+    BULK_MAX_IDENTIFIERS,
     ActionResponse,
     ApproveRequest,
     ApproveResponse,
@@ -61,6 +67,7 @@ from bridge.api_bodies import (
     model_body,
     printable,
 )
+from bridge.api_guard import RequestGuard
 from bridge.config import Settings
 from bridge.errors import (
     BridgeError,
@@ -69,6 +76,7 @@ from bridge.errors import (
     NotFound,
     RateLimited,
     RequestError,
+    TooLarge,
     Unavailable,
     UnknownModel,
 )
@@ -90,6 +98,7 @@ STATUS: dict[str, int] = {
     "forbidden": 403,
     "not_owner": 403,
     "rate_limited": 429,
+    "too_large": 413,
     "unavailable": 503,
 }
 
@@ -180,8 +189,24 @@ async def _context(
 ) -> _Context:
     store: Store = request.app.state.store
     settings: Settings = request.app.state.settings
-    token = credentials.credentials if credentials else None
-    return _Context(store, settings, await authenticate(store, token))
+    # The guard authenticated the request before reading its body (_gate).
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        token = credentials.credentials if credentials else None
+        principal = await authenticate(store, token)
+    return _Context(store, settings, principal)
+
+
+def _gate(store: Store) -> Callable[[Scope], Awaitable[None]]:
+    """Authenticate from the headers alone, as HTTPBearer reads them, before any body."""
+
+    async def gate(scope: Scope) -> None:
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        principal = await authenticate(store, bearer)
+        scope.setdefault("state", {})["principal"] = principal
+
+    return gate
 
 
 Ctx = Annotated[_Context, Depends(_context)]
@@ -196,9 +221,19 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         version=__version__,
         description="Owners claim devices; vendors approve them. Errors are "
         '`{"code", "message"}` with the codes of the command line.',
+        # Swagger UI and ReDoc load scripts from a CDN into the page where a
+        # token is typed; the OpenAPI document at /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.store = store
     app.state.settings = settings
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.api_max_body_bytes,
+        gate=_gate(store),
+        render=render_error,
+    )
     app.add_exception_handler(BridgeError, _bridge_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
@@ -209,10 +244,15 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
 
 
 async def _page() -> Response:
-    return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+    return FileResponse(STATIC_DIR / "index.html")
 
 
 async def _bridge_error(request: Request, exc: BridgeError) -> Response:
+    return render_error(exc)
+
+
+def render_error(exc: BridgeError) -> Response:
+    """The JSON answer to a refusal, with its status and headers."""
     status = STATUS.get(exc.code, 409 if isinstance(exc, RequestError) else 500)
     headers = {}
     if isinstance(exc, RateLimited | Unavailable):
@@ -421,16 +461,26 @@ async def approve(
 @router.post(
     "/models/{vendor}/{model}/approvals/bulk",
     response_model=BulkApproveResponse,
-    responses=_error_responses(403, 404),
+    responses=_error_responses(403, 404, 413),
     tags=["vendor"],
 )
 async def bulk_approve(
     vendor: VendorPath, model: ModelPath, body: BulkApproveRequest, ctx: Ctx
 ) -> BulkApproveResponse:
     """Approve rows as in an approval file (ranges ``FIRST..LAST`` too); bad rows are
-    reported and the others loaded, in one transaction. ``dry_run`` writes nothing."""
+    reported and the others loaded, in one transaction. ``dry_run`` writes nothing.
+
+    At most 10,000 rows and 1,000,000 identifiers in all (413 ``too_large``)."""
     ctx.vendor_scope("approve devices")
-    await ctx.own_model(vendor, model)
+    row = await ctx.own_model(vendor, model)
+    kind = identifiers.Kind(row.kind)
+    # Counted from the ranges' ends before anything is expanded or loaded.
+    total = sum(approval_file.row_size(kind, row.pattern, text) for text in body.rows)
+    if total > BULK_MAX_IDENTIFIERS:
+        raise TooLarge(
+            f"The rows hold {total:,} identifiers, and one request approves at most "
+            f"{BULK_MAX_IDENTIFIERS:,}; split them over several requests."
+        )
     report = await ctx.admin.approve_rows(
         vendor, model, enumerate(body.rows, start=1), dry_run=body.dry_run, source="api"
     )
@@ -439,6 +489,7 @@ async def bulk_approve(
         already=report.already,
         duplicates=report.duplicates,
         refused=[Refused(row=r.line, text=r.text, reason=r.reason) for r in report.refused],
+        refused_total=report.refused_total,
         dry_run=report.dry_run,
     )
 
@@ -598,14 +649,6 @@ async def transfer(
         f"(it was {result.previous_owner}'s); {then}.",
         device=await _device_now(ctx, row, result.identifier),
     )
-
-
-#: The page runs no inline script and loads nothing from elsewhere.
-_PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 
 
 async def _owned_device(ctx: _Context, model: ModelRow, identifier: str) -> Device:

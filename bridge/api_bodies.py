@@ -84,7 +84,17 @@ class ModelRequest(_Body):
     )
     model: Name
     kind: identifiers.Kind
-    pattern: Annotated[str, Field(max_length=512), AfterValidator(printable)] | None = None
+    pattern: (
+        Annotated[
+            str,
+            Field(
+                max_length=identifiers.MAX_PATTERN_LENGTH,
+                description="serial kind only: RE2 syntax (no backreferences or lookaround)",
+            ),
+            AfterValidator(printable),
+        ]
+        | None
+    ) = None
     window_seconds: int = Field(default=86_400, ge=1, le=366 * 86_400)
     claim_required: bool = True
     plaintext_keys: bool = Field(
@@ -116,11 +126,19 @@ class ApproveResponse(_Body):
     already: int
 
 
+#: Caps of one bulk approval request (and 1,000,000 per range, as in a file:
+#: :data:`bridge.approval_file.MAX_RANGE`). Over a cap, the request is refused
+#: whole (413 ``too_large``, or 422 for the rows) before anything is loaded.
+BULK_MAX_ROWS = 10_000
+BULK_MAX_IDENTIFIERS = 1_000_000
+
+
 class BulkApproveRequest(_Body):
     rows: list[Annotated[str, Field(max_length=200), AfterValidator(printable)]] = Field(
         min_length=1,
-        max_length=10_000,
-        description="identifiers or ranges FIRST..LAST, as in an approval file",
+        max_length=BULK_MAX_ROWS,
+        description=f"identifiers or ranges FIRST..LAST, as in an approval file; at most "
+        f"{BULK_MAX_ROWS:,} rows and {BULK_MAX_IDENTIFIERS:,} identifiers in all",
     )
     dry_run: bool = False
 
@@ -135,7 +153,8 @@ class BulkApproveResponse(_Body):
     added: int
     already: int
     duplicates: int
-    refused: list[Refused]
+    refused: list[Refused] = Field(description="the first 1,000 refused rows")
+    refused_total: int = Field(description="how many rows were refused")
     dry_run: bool
 
 

@@ -11,13 +11,20 @@ computed), serial ranges count the numeric tail and keep its width
 (``SN0099..SN0101``). Every value goes through :func:`bridge.identifiers.normalize`
 or is built in canonical form from ends that did; a row that does not parse is
 refused with its line number and the reason, and the other rows still count.
+
+Memory stays bounded whatever the file or the ranges: lines are read one at a
+time (at most ``MAX_LINE`` characters are kept of one), ranges are expanded
+lazily into batches of a fixed size, at most ``MAX_REPORTED_REFUSALS`` refusals
+are kept (all are counted), and duplicates are found by the database
+(:meth:`bridge.store.Store.bulk_approver`), not in a set here.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -29,6 +36,16 @@ from bridge.identifiers import Kind
 #: A range row larger than this is refused: a typo in a range's first digits
 #: would otherwise approve billions of numbers.
 MAX_RANGE: Final = 1_000_000
+
+#: A line longer than this is refused; only its start is kept in memory.
+MAX_LINE: Final = 4096
+
+#: Refusals reported one by one; past this many they are only counted, so a
+#: file of ten million bad lines does not become ten million report entries.
+MAX_REPORTED_REFUSALS: Final = 1000
+
+#: Identifiers handed to the database at a time: the memory an import holds.
+BATCH_SIZE: Final = 50_000
 
 _HEX_KINDS: Final = frozenset({Kind.MAC, Kind.MEID, Kind.ESN})
 _NUMERIC_TAIL: Final = re.compile(r"(.*?)(\d+)")
@@ -43,18 +60,27 @@ class Refusal:
 
 @dataclass
 class ParsedRows:
-    """Unique canonical identifiers (with the line that first gave each) and refusals."""
+    """What parsing found so far: rows read, refusals (the first few kept), the last line."""
 
-    first_line: dict[str, int] = field(default_factory=dict)
     refused: list[Refusal] = field(default_factory=list)
-    duplicates: int = 0
+    refused_total: int = 0
     rows: int = 0
     last_line: int = 0
 
+    def refuse(self, line: int, text: str, reason: str) -> None:
+        self.refused_total += 1
+        if len(self.refused) < MAX_REPORTED_REFUSALS:
+            shown = text if len(text) <= 200 else text[:200] + "…"
+            self.refused.append(Refusal(line, shown, reason))
+
 
 def count_lines(path: Path) -> int:
+    """Lines in the file (for progress), counted in blocks: one huge line is not held."""
+    count = 0
     with _open(path, "rb") as f:
-        return sum(1 for _ in f)
+        while block := f.read(1 << 20):
+            count += block.count(b"\n")
+    return count
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, str]]:
@@ -73,9 +99,10 @@ def _open(path: Path, mode: str) -> IO[Any]:
 
 
 def _rows(f: IO[str]) -> Iterator[tuple[int, str]]:
+    lines = _bounded_lines(f)
     first = ""
     number = 0
-    for number, line in enumerate(f, start=1):  # noqa: B007 (number is used after the loop)
+    for number, line in lines:  # noqa: B007 (number is used after the loop)
         if line.strip():
             first = line
             break
@@ -85,19 +112,35 @@ def _rows(f: IO[str]) -> Iterator[tuple[int, str]]:
     names = [h.strip().lower() for h in header]
     if len(names) == 1 and names[0] != "identifier":
         # One identifier per line; the first one was read already.
-        yield from _plain([(number, first)])
-        yield from _plain(enumerate(f, start=number + 1))
+        yield from _plain(itertools.chain([(number, first)], lines))
         return
     if "identifier" not in names:
         raise Malformed(
             f"The CSV file has no 'identifier' column (its columns are {', '.join(header)})."
         )
     column = names.index("identifier")
-    reader = csv.reader(f)
-    for record in reader:
-        if not record or not "".join(record).strip():
-            continue
-        yield number + reader.line_num, record[column] if column < len(record) else ""
+    reader = csv.reader(line for _, line in lines)
+    try:
+        for record in reader:
+            if not record or not "".join(record).strip():
+                continue
+            yield number + reader.line_num, record[column] if column < len(record) else ""
+    except csv.Error as exc:
+        raise Malformed(
+            f"The CSV file cannot be read past line {number + reader.line_num}: {exc}."
+        ) from exc
+
+
+def _bounded_lines(f: IO[str]) -> Iterator[tuple[int, str]]:
+    """(number, line); a line over MAX_LINE is cut there (and refused by the parser)."""
+    number = 0
+    while line := f.readline(MAX_LINE + 1):
+        number += 1
+        if len(line) > MAX_LINE and not line.endswith("\n"):
+            # Skip the rest of the line without holding it.
+            while (rest := f.readline(1 << 16)) and not rest.endswith("\n"):
+                pass
+        yield number, line
 
 
 def _plain(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
@@ -108,7 +151,7 @@ def _plain(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
 
 
 def parse_rows(kind: str, pattern: str | None, rows: Iterable[tuple[int, str]]) -> ParsedRows:
-    """Normalize every row (expanding ranges); refusals carry the line number and reason."""
+    """Parse every row, keeping nothing but the count and the refusals (a check, or tests)."""
     parsed = ParsedRows()
     for _ in parse_batches(kind, pattern, rows, parsed):
         pass
@@ -120,55 +163,87 @@ def parse_batches(
     pattern: str | None,
     rows: Iterable[tuple[int, str]],
     parsed: ParsedRows,
-    size: int = 50_000,
+    size: int = BATCH_SIZE,
 ) -> Iterator[list[str]]:
-    """Batches of about ``size`` new canonical identifiers, recording in ``parsed`` as it goes.
+    """Batches of at most ``size`` canonical identifiers, recording in ``parsed`` as it goes.
 
-    Batches let the caller load one while the next is parsed; an identifier seen
-    before (in this file) is counted as a duplicate and not yielded again.
+    Ranges are expanded lazily, a batch at a time, so memory is one batch
+    whatever the ranges. Duplicates are yielded as they come: the database
+    counts them (one table holds what a file already gave).
     """
-    first_line = parsed.first_line
     model_kind = Kind(kind)
     batch: list[str] = []
     for line, text in rows:
         parsed.rows += 1
         parsed.last_line = line
         try:
-            values: Iterable[str] = (
-                expand_range(model_kind, pattern, text)
-                if ".." in text
-                else (identifiers.normalize(model_kind, text, pattern),)
-            )
-            for value in values:
-                if value in first_line:
-                    parsed.duplicates += 1
-                else:
-                    first_line[value] = line
-                    batch.append(value)
+            values = _row_values(model_kind, pattern, text)
         except (InvalidIdentifier, Malformed) as exc:
-            parsed.refused.append(Refusal(line, text, exc.message))
-        if len(batch) >= size:
-            yield batch
-            batch = []
+            parsed.refuse(line, text, exc.message)
+            continue
+        for value in values:
+            batch.append(value)
+            if len(batch) >= size:
+                yield batch
+                batch = []
     if batch:
         yield batch
 
 
-def expand_range(kind: Kind, pattern: str | None, text: str) -> list[str]:
-    """The canonical identifiers of ``FIRST..LAST``, both ends included."""
+def _row_values(kind: Kind, pattern: str | None, text: str) -> Iterator[str]:
+    if len(text) > MAX_LINE:
+        raise Malformed(f"The line is longer than {MAX_LINE:,} characters.")
+    if ".." in text:
+        return expand_range(kind, pattern, text)
+    return iter((identifiers.normalize(kind, text, pattern),))
+
+
+def row_size(kind: Kind, pattern: str | None, text: str) -> int:
+    """How many identifiers a row gives (0 for a row that will be refused)."""
+    try:
+        return range_size(kind, pattern, text) if ".." in text else 1
+    except (InvalidIdentifier, Malformed):
+        return 0
+
+
+def range_size(kind: Kind, pattern: str | None, text: str) -> int:
+    """How many identifiers ``FIRST..LAST`` holds; raises as :func:`expand_range` would."""
+    _, first, last = _range_bounds(kind, pattern, text)
+    return last - first + 1
+
+
+def expand_range(kind: Kind, pattern: str | None, text: str) -> Iterator[str]:
+    """The canonical identifiers of ``FIRST..LAST``, both ends included, one at a time.
+
+    Every refusal is raised here, before the first identifier is produced, so a
+    bad range is refused whole, never loaded in part.
+    """
+    render, first, last = _range_bounds(kind, pattern, text)
+    if kind is Kind.SERIAL and pattern is not None:
+        # The pattern may refuse a middle value (SN\d{4} takes SN0999..SN1000 but
+        # not SN9999..SN10000): check them all before yielding any.
+        for n in range(first, last + 1):
+            identifiers.normalize(kind, render(n), pattern)
+    return (render(n) for n in range(first, last + 1))
+
+
+def _range_bounds(
+    kind: Kind, pattern: str | None, text: str
+) -> tuple[Callable[[int], str], int, int]:
+    """How to write the n-th value of the range, and its first and last n."""
     first_text, _, last_text = text.partition("..")
     first = identifiers.normalize(kind, first_text, pattern)
     last = identifiers.normalize(kind, last_text, pattern)
     if kind in _HEX_KINDS:
         start, stop = int(first, 16), int(last, 16)
         _check_range(text, start, stop)
-        width = len(first)
-        return [format(n, f"0{width}X") for n in range(start, stop + 1)]
+        hex_width = len(first)
+        return (lambda n: format(n, f"0{hex_width}X")), start, stop
     if kind is Kind.IMEI:
         # The 15th digit is a check digit: count the body, let normalize compute it.
         start, stop = int(first[:14]), int(last[:14])
         _check_range(text, start, stop)
-        return [identifiers.normalize(kind, f"{n:014d}") for n in range(start, stop + 1)]
+        return (lambda n: identifiers.normalize(kind, f"{n:014d}")), start, stop
     head, tail = _split_tail(first, text)
     last_head, last_tail = _split_tail(last, text)
     if head != last_head:
@@ -178,9 +253,9 @@ def expand_range(kind: Kind, pattern: str | None, text: str) -> list[str]:
     start, stop = int(tail), int(last_tail)
     _check_range(text, start, stop)
     width = len(tail)
-    return [
-        identifiers.normalize(kind, f"{head}{n:0{width}d}", pattern) for n in range(start, stop + 1)
-    ]
+    # Built from canonical parts (upper-case, no longer than the last end), so
+    # canonical; expand_range checks the pattern.
+    return (lambda n: f"{head}{n:0{width}d}"), start, stop
 
 
 def _split_tail(value: str, text: str) -> tuple[str, str]:

@@ -625,6 +625,7 @@ async def _migrate(args: argparse.Namespace) -> int:
         try:
             async with Admin.connect(settings) as admin:
                 applied = await admin.store.migrate()
+                unusable = await admin.unusable_patterns()
             break
         except Unavailable:
             # A database container still starting: its engine may not wait for it.
@@ -632,6 +633,8 @@ async def _migrate(args: argparse.Namespace) -> int:
                 raise
             await asyncio.sleep(1)
     print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+    for sentence in unusable:
+        print(f"warning: {sentence}", file=sys.stderr)
     return 0
 
 
@@ -816,11 +819,16 @@ async def _approve(args: argparse.Namespace) -> int:
                 bar.close()
     for refusal in report.refused:
         print(f"line {refusal.line}: refused: {refusal.reason}", file=sys.stderr)
+    if report.refused_total > len(report.refused):
+        print(
+            f"... and {report.refused_total - len(report.refused):,} more refused lines",
+            file=sys.stderr,
+        )
     verb = "would be added" if report.dry_run else "added"
     print(
         f"{'dry run, nothing written: ' if report.dry_run else 'approved: '}"
         f"{report.added} {verb}, {report.already} already approved, "
-        f"{len(report.refused)} refused"
+        f"{report.refused_total} refused"
         + (f", {report.duplicates} duplicate(s) ignored" if report.duplicates else "")
     )
     return 1 if report.refused else 0

@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
     api_port: int = Field(default=8080, ge=1, le=65535, description="Port of the HTTP API.")
+    api_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=64 * 1_048_576,
+        description="Largest HTTP request body the API reads (413 too_large above it).",
+    )
     api_claim_failures: int = Field(
         default=10,
         ge=1,

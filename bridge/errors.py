@@ -23,7 +23,8 @@ the boundary that meets them, with ``raise ... from exc``::
     │   ├── NotFound                "not_found" (HTTP API: nothing of yours by that name)
     │   ├── Unauthorized            "unauthorized" (HTTP API: no valid token)
     │   ├── Forbidden               "forbidden" (HTTP API: the token's role may not do that)
-    │   └── RateLimited             "rate_limited" (retry_after)
+    │   ├── RateLimited             "rate_limited" (retry_after)
+    │   └── TooLarge                "too_large" (HTTP API: a body or request over a cap)
     ├── Unavailable                 "unavailable" (retry_after): the database is down
     ├── BrokerAdminError            "broker": the broker did not take a login change
     └── ConfigError                 "config": the bridge cannot start as configured
@@ -138,6 +139,12 @@ class RateLimited(RequestError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooLarge(RequestError):
+    """A request over one of the documented caps (body size, rows, numbers); HTTP 413."""
+
+    code = "too_large"
 
 
 class Unavailable(BridgeError):

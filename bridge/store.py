@@ -100,20 +100,46 @@ def migrations() -> list[tuple[int, str, str]]:
 
 # Insert a batch from the staging table and audit each identifier added, in one
 # statement. Sorted, so that rows are locked in one order.
+# A bulk import's batch: first what this import has not given before ("fresh";
+# the temporary table approve_seen remembers, so duplicates cost the database's
+# disk rather than the importer's memory), then of those what is new to the
+# model. Each step goes through a unique index (ON CONFLICT), never a join the
+# planner could turn quadratic on tables that grow inside the transaction.
 _BULK_INSERT = """
-WITH added AS (
+WITH fresh AS (
+    INSERT INTO approve_seen (identifier, lookalike)
+    SELECT DISTINCT ON (identifier) identifier, lookalike
+      FROM approve_staging ORDER BY identifier
+    ON CONFLICT DO NOTHING
+    RETURNING identifier, lookalike),
+added AS (
     INSERT INTO devices (model_id, identifier, lookalike, window_ends_at)
-    SELECT $1, s.identifier, s.lookalike,
+    SELECT $1, f.identifier, f.lookalike,
            CASE WHEN $2::integer IS NULL THEN NULL
                 ELSE now() + make_interval(secs => $2::integer) END
-      FROM approve_staging s
-     ORDER BY s.identifier
+      FROM fresh f
+     ORDER BY f.identifier
     ON CONFLICT (model_id, identifier) DO NOTHING
     RETURNING identifier),
 audited AS (
     INSERT INTO audit_log (action, code, actor, vendor, model, identifier, detail)
     SELECT 'approve', 'ok', $3, $4, $5, a.identifier, $6 FROM added a)
-SELECT count(*) FROM added
+SELECT (SELECT count(*) FROM fresh) AS fresh, (SELECT count(*) FROM added) AS added
+"""
+
+# A dry run writes nothing to devices: of the fresh values, those the model
+# does not have yet would be added (one index probe each).
+_BULK_DRY_RUN = """
+WITH fresh AS (
+    INSERT INTO approve_seen (identifier, lookalike)
+    SELECT DISTINCT ON (identifier) identifier, lookalike
+      FROM approve_staging ORDER BY identifier
+    ON CONFLICT DO NOTHING
+    RETURNING identifier)
+SELECT (SELECT count(*) FROM fresh) AS fresh,
+       (SELECT count(*) FROM fresh f
+         WHERE NOT EXISTS (SELECT FROM devices d
+                            WHERE d.model_id = $1 AND d.identifier = f.identifier)) AS added
 """
 
 # A model with the enrollment keys in use (newest first): what activation needs.
@@ -399,6 +425,15 @@ class Store:
                 model.id,
             )
         return [EnrollmentKeyInfo(**dict(r)) for r in rows]
+
+    async def patterned_models(self) -> list[ModelRow]:
+        """Every model that has a serial pattern, in name order."""
+        async with _reachable():
+            rows = await self._pool.fetch(
+                """SELECT id, vendor, model, kind, pattern, window_seconds, claim_required
+                   FROM models WHERE pattern IS NOT NULL ORDER BY vendor, model"""
+            )
+        return [ModelRow(**dict(row)) for row in rows]
 
     # -- activation -------------------------------------------------------------
 
@@ -739,12 +774,15 @@ class Store:
     @contextlib.asynccontextmanager
     async def bulk_approver(
         self, model: ModelRow, *, actor: str, detail: str | None = None, dry_run: bool = False
-    ) -> AsyncIterator[Callable[[Sequence[tuple[str, str]]], Awaitable[tuple[int, int]]]]:
-        """One transaction for a bulk import; yields ``load(pairs) -> (added, already)``.
+    ) -> AsyncIterator[Callable[[Sequence[tuple[str, str]]], Awaitable[tuple[int, int, int]]]]:
+        """One transaction for a bulk import; yields ``load(pairs) -> (added, already, dups)``.
 
-        Each call streams (canonical, lookalike) pairs, unique across calls, into a
-        temporary table with COPY, then inserts and audits them with one statement:
-        a handful of round trips per batch whatever its size. The transaction
+        Each call streams (canonical, lookalike) pairs into a temporary table with
+        COPY, then inserts and audits them with one statement: a handful of round
+        trips per batch whatever its size. A pair given before in this import (in
+        this batch or an earlier one) is counted in ``dups`` and not again; the
+        values seen are kept in a temporary table, so the caller holds only the
+        batch in memory however large the import. The transaction
         commits when the block ends (rolls back on an error, or for ``dry_run``,
         which only counts). Imports into one model take turns (an advisory lock),
         so two overlapping files cannot deadlock on each other's rows.
@@ -763,8 +801,12 @@ class Store:
                     """CREATE TEMPORARY TABLE approve_staging
                            (identifier text NOT NULL, lookalike text NOT NULL) ON COMMIT DROP"""
                 )
+                await conn.execute(
+                    """CREATE TEMPORARY TABLE approve_seen
+                           (identifier text PRIMARY KEY, lookalike text NOT NULL) ON COMMIT DROP"""
+                )
 
-                async def load(pairs: Sequence[tuple[str, str]]) -> tuple[int, int]:
+                async def load(pairs: Sequence[tuple[str, str]]) -> tuple[int, int, int]:
                     await conn.copy_records_to_table(
                         "approve_staging",
                         records=pairs,
@@ -772,16 +814,9 @@ class Store:
                         timeout=_BULK_TIMEOUT,
                     )
                     if dry_run:
-                        already: int = await conn.fetchval(
-                            """SELECT count(*) FROM approve_staging s
-                                 JOIN devices d
-                                   ON d.model_id = $1 AND d.identifier = s.identifier""",
-                            model.id,
-                            timeout=_BULK_TIMEOUT,
-                        )
-                        added = len(pairs) - already
+                        counts = await conn.fetchrow(_BULK_DRY_RUN, model.id, timeout=_BULK_TIMEOUT)
                     else:
-                        added = await conn.fetchval(
+                        counts = await conn.fetchrow(
                             _BULK_INSERT,
                             model.id,
                             window,
@@ -791,8 +826,11 @@ class Store:
                             detail,
                             timeout=_BULK_TIMEOUT,
                         )
+                    assert counts is not None
                     await conn.execute("TRUNCATE approve_staging")
-                    return added, len(pairs) - added
+                    fresh: int = counts["fresh"]
+                    added: int = counts["added"]
+                    return added, fresh - added, len(pairs) - fresh
 
                 yield load
             except BaseException:

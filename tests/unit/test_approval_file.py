@@ -9,7 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge import identifiers
-from bridge.approval_file import MAX_RANGE, expand_range, parse_rows, read_rows
+from bridge.approval_file import (
+    MAX_LINE,
+    MAX_RANGE,
+    MAX_REPORTED_REFUSALS,
+    ParsedRows,
+    count_lines,
+    expand_range,
+    parse_batches,
+    parse_rows,
+    read_rows,
+)
 from bridge.errors import InvalidIdentifier, Malformed
 from bridge.identifiers import Kind
 
@@ -54,17 +64,55 @@ def test_parse_rows_reports_refusals_and_duplicates() -> None:
             (4, "00:00:00:00:00:01..00:00:00:00:00:02"),
         ],
     )
-    assert parsed.first_line == {"000000000001": 1, "000000000002": 4}
-    assert parsed.duplicates == 2
+    # Duplicates are the database's to count (see the bulk approval tests).
     assert [(r.line, r.text) for r in parsed.refused] == [(2, "nope")]
+    assert parsed.refused_total == 1
     assert parsed.rows == 4
+
+
+def test_batches_are_bounded_whatever_the_ranges() -> None:
+    parsed = ParsedRows()
+    rows = [(1, f"000000000000..{MAX_RANGE - 1:012X}"), (2, "00:00:00:00:00:01")]
+    sizes = [len(b) for b in parse_batches("mac", None, rows, parsed, size=70_000)]
+    assert max(sizes) == 70_000
+    assert sum(sizes) == MAX_RANGE + 1
+
+
+def test_refusals_are_counted_but_only_the_first_thousand_kept() -> None:
+    parsed = parse_rows("mac", None, ((n, "x" * 300) for n in range(1, 5001)))
+    assert parsed.refused_total == 5000
+    assert len(parsed.refused) == MAX_REPORTED_REFUSALS
+    assert parsed.refused[0].text == "x" * 200 + "…"
+
+
+def test_a_huge_line_is_refused_without_being_held(tmp_path: Path) -> None:
+    path = tmp_path / "f.txt"
+    path.write_text("00:00:00:00:00:01\n" + "A" * 5_000_000 + "\n00:00:00:00:00:02\n")
+    rows = list(read_rows(path))
+    assert [(n, len(t)) for n, t in rows] == [(1, 17), (2, MAX_LINE + 1), (3, 17)]
+    parsed = parse_rows("mac", None, rows)
+    assert [(r.line, r.reason) for r in parsed.refused] == [
+        (2, f"The line is longer than {MAX_LINE:,} characters.")
+    ]
+    assert count_lines(path) == 3
+
+
+def test_a_range_the_pattern_refuses_in_the_middle_is_refused_whole() -> None:
+    with pytest.raises(InvalidIdentifier, match="SN0999"):
+        expand_range(Kind.SERIAL, r"SN(0998|1001|1000)", "SN0998..SN1001")
+    parsed = ParsedRows()
+    batches = list(
+        parse_batches("serial", r"SN(0998|1001)", [(1, "SN0998..SN1001"), (2, "SN1001")], parsed)
+    )
+    assert batches == [["SN1001"]]
+    assert [r.line for r in parsed.refused] == [1]
 
 
 @given(st.integers(0, 2**48 - 1), st.integers(0, 300))
 def test_mac_ranges_count_in_hex(start: int, size: int) -> None:
     stop = min(start + size, 2**48 - 1)
     first, last = f"{start:012x}", f"{stop:012X}"
-    values = expand_range(Kind.MAC, None, f"{first}..{last}")
+    values = list(expand_range(Kind.MAC, None, f"{first}..{last}"))
     assert len(values) == stop - start + 1
     assert values[0] == first.upper() and values[-1] == last
     assert values == sorted(values)
@@ -72,7 +120,7 @@ def test_mac_ranges_count_in_hex(start: int, size: int) -> None:
 
 
 def test_serial_ranges_keep_the_tail_width_and_the_pattern() -> None:
-    assert expand_range(Kind.SERIAL, None, "ab-0998..AB-1001") == [
+    assert list(expand_range(Kind.SERIAL, None, "ab-0998..AB-1001")) == [
         "AB-0998",
         "AB-0999",
         "AB-1000",
@@ -87,12 +135,12 @@ def test_serial_ranges_keep_the_tail_width_and_the_pattern() -> None:
 
 
 def test_esn_and_imei_ranges() -> None:
-    assert expand_range(Kind.ESN, None, "8000000F..80000011") == [
+    assert list(expand_range(Kind.ESN, None, "8000000F..80000011")) == [
         "8000000F",
         "80000010",
         "80000011",
     ]
-    imeis = expand_range(Kind.IMEI, None, "490154203237518..49015420323752")
+    imeis = list(expand_range(Kind.IMEI, None, "490154203237518..49015420323752"))
     assert imeis == ["490154203237518", "490154203237526"]
 
 
@@ -101,3 +149,11 @@ def test_huge_and_backwards_ranges_are_refused() -> None:
         expand_range(Kind.MAC, None, f"000000000000..{MAX_RANGE:012X}")
     with pytest.raises(Malformed, match="ends before it starts"):
         expand_range(Kind.MAC, None, "000000000002..000000000001")
+
+
+def test_a_csv_quote_never_closed_is_refused_not_held(tmp_path: Path) -> None:
+    # The csv module would gather the rest of the file into one field: it stops
+    # at its field limit (128 KiB), and the file is refused in one sentence.
+    text = 'identifier,note\n"00:00:00:00:00:01,x\n' + "00:00:00:00:00:02,y\n" * 20_000
+    with pytest.raises(Malformed, match=r"The CSV file cannot be read past line \d+: field larger"):
+        _rows(tmp_path, text)
