@@ -11,9 +11,11 @@ the protocol's request id makes up for (see README, "Embedded broker").
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
+import math
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -23,6 +25,8 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import MqttEndpoint
 
@@ -96,6 +100,72 @@ def client(
         # through aiomqtt's underlying client.
         mqtt_client._client.manual_ack_set(True)
     return mqtt_client
+
+
+#: How long a publish or subscribe may wait for the broker's acknowledgement.
+ACK_TIMEOUT_SECONDS = 10.0
+
+#: MQTT 5 DISCONNECT reason: another connection took this client id's session.
+SESSION_TAKEN_OVER = 0x8E
+
+
+async def publish(
+    mqtt_client: aiomqtt.Client,
+    topic: str,
+    payload: bytes,
+    *,
+    properties: Properties | None = None,
+    timeout: float = ACK_TIMEOUT_SECONDS,
+) -> None:
+    """Publish at QoS 1 (never retained) and wait for the PUBACK, at most ``timeout``.
+
+    aiomqtt bounds the wait with ``asyncio.wait_for``, which on Python 3.11 returns the
+    result instead of raising when a cancellation arrives in the same loop turn as the
+    PUBACK: a worker cancelled that way went on to wait on its queue forever, and the
+    task group (and SIGTERM) with it. Waiting without a bound there (``wait_for`` then
+    awaits directly) under ``asyncio.timeout``, which honours cancellation, keeps it.
+    A PUBACK that does not come is a broken connection: :class:`MqttError`.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await mqtt_client.publish(
+                topic, payload, qos=1, retain=False, properties=properties, timeout=math.inf
+            )
+    except TimeoutError as exc:
+        raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s") from exc
+
+
+async def subscribe_requests(
+    mqtt_client: aiomqtt.Client, topic: str, *, mqtt5: bool, timeout: float = ACK_TIMEOUT_SECONDS
+) -> None:
+    """Subscribe at QoS 1; on MQTT 5 with Retain Handling 2, so no stored message is replayed.
+
+    A retained request would otherwise come again on every (re)subscription, i.e. after
+    every reconnect. On MQTT 3.1.1 the broker sends them with the retain flag set, which
+    the service ignores. Bounded like :func:`publish`, for the same reason.
+    """
+    options = (
+        SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        if mqtt5
+        else None
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await mqtt_client.subscribe(topic, qos=1, options=options, timeout=math.inf)
+    except TimeoutError as exc:
+        raise aiomqtt.MqttError(f"no SUBACK within {timeout:g} s") from exc
+
+
+def disconnect_reason(mqtt_client: aiomqtt.Client) -> int | None:
+    """The reason code the broker gave when it closed the connection, if it gave one."""
+    closed = mqtt_client._disconnected
+    if not closed.done() or closed.cancelled():
+        return None
+    exc = closed.exception()
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return None
+    rc = exc.rc
+    return rc.value if isinstance(rc, ReasonCode) else rc
 
 
 def acknowledge(mqtt_client: aiomqtt.Client, message: aiomqtt.Message) -> None:

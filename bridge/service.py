@@ -6,29 +6,56 @@ instead of growing memory, and one slow request never stalls the others.
 
 Failure handling follows the house rule of three answers: a bad request gets an
 error reply (in the provisioner); a lost broker gets a reconnect with jittered,
-capped backoff and the same persistent session; a bug propagates and crashes.
+capped backoff and the same persistent session; a bug while handling one request is
+logged with its traceback, counted, answered ``unavailable`` and acknowledged, because
+a persistent session would deliver the same request again after every crash. Only a
+bug outside request handling ends ``serve``, and so does a session that another
+connection keeps taking (MQTT 5 reason 0x8E): two bridges with one client id must not
+fight, and the operator has to hear about it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Coroutine
+from typing import TypeVar
 
 import aiomqtt
 
 from bridge import mqtt, protocol
 from bridge.config import MqttEndpoint, Settings
+from bridge.errors import ConfigError, RequestError, Unavailable
 from bridge.metrics import Metrics
-from bridge.provisioner import Provisioner
+from bridge.provisioner import Provisioner, Reply
 
 log = logging.getLogger("bridge.service")
 
+_T = TypeVar("_T")
+
 BACKOFF_FIRST = 0.2
 BACKOFF_CAP = 15.0
+
+#: One request may take this long (database, broker login) before it is given up and
+#: answered ``unavailable``: a hung handler must not hold a worker, nor the drain, for good.
+HANDLER_TIMEOUT_SECONDS = 30.0
+#: A request handed to a worker this many times without its handling ever finishing
+#: (each time the connection went down meanwhile) is acknowledged unanswered.
+MAX_DELIVERIES = 5
+#: Session takeovers (MQTT 5 reason 0x8E) tolerated within TAKEOVER_WINDOW_SECONDS;
+#: the next one ends ``serve`` with an error.
+MAX_TAKEOVERS = 3
+TAKEOVER_WINDOW_SECONDS = 300.0
+#: A bridge taken over within this long of its first subscription is the newcomer that
+#: took a running bridge's client id: it leaves at once, and the running one keeps serving.
+YOUNG_SECONDS = 10.0
+#: The least wait before taking a session back, so two bridges never trade it quickly.
+TAKEOVER_BACKOFF_SECONDS = 1.0
 
 
 def backoff_delay(attempt: int) -> float:
@@ -67,6 +94,36 @@ class AckWindow:
             mqtt.acknowledge(self._client, head)
 
 
+class DeliveryLedger:
+    """How often each request was handed to a worker without its handling finishing.
+
+    Keyed by topic and payload digest, bounded (oldest forgotten first), in memory: it
+    catches a request whose handling brings the connection down every time it is
+    redelivered, which would otherwise repeat for ever. A request that kills the whole
+    process is not counted across restarts (no storage is shared for it).
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._counts: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        self._limit = limit
+
+    @staticmethod
+    def key(message: aiomqtt.Message) -> tuple[str, bytes]:
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        return message.topic.value, hashlib.sha256(payload).digest()[:16]
+
+    def started(self, key: tuple[str, bytes]) -> int:
+        """Count one more attempt at ``key``; returns how many there have been."""
+        count = self._counts.pop(key, 0) + 1
+        self._counts[key] = count
+        while len(self._counts) > self._limit:
+            self._counts.popitem(last=False)
+        return count
+
+    def finished(self, key: tuple[str, bytes]) -> None:
+        self._counts.pop(key, None)
+
+
 class BridgeService:
     """Serves activation requests until ``stop`` is set."""
 
@@ -89,18 +146,31 @@ class BridgeService:
         self.reconnects = 0
         self.metrics = metrics or Metrics()
         self._mqtt5 = True  # what the broker accepted on the current connection
+        self.handler_timeout = HANDLER_TIMEOUT_SECONDS
+        self._ledger = DeliveryLedger()
+        self._first_subscribed: float | None = None
+        self._takeovers: deque[float] = deque()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect, serve, reconnect on broker loss; return once ``stop`` is set."""
+        """Connect, serve, reconnect on broker loss; return once ``stop`` is set.
+
+        Raises :class:`ConfigError` when the session keeps being taken over by another
+        connection with this bridge's client id.
+        """
         attempt = 0
         while not stop.is_set():
             lost: aiomqtt.MqttError | None = None
+            link: mqtt.Link | None = None
             try:
                 async with self._connect() as link:
                     client, self._mqtt5 = link.client, link.mqtt5
                     group = self._settings.subscription_group()
-                    await client.subscribe(protocol.subscription(self._prefix, group), qos=1)
+                    await mqtt.subscribe_requests(
+                        client, protocol.subscription(self._prefix, group), mqtt5=link.mqtt5
+                    )
                     attempt = 0
+                    if self._first_subscribed is None:
+                        self._first_subscribed = time.monotonic()
                     self.ready.set()
                     self.metrics.broker_connected.set(1)
                     log.info(
@@ -118,17 +188,51 @@ class BridgeService:
             finally:
                 self.ready.clear()
                 self.metrics.broker_connected.set(0)
-            if lost is not None and not stop.is_set():
-                delay = backoff_delay(attempt)
-                attempt += 1
-                self.reconnects += 1
-                self.metrics.broker_reconnects.inc()
-                log.warning(
-                    "broker connection lost; reconnecting",
-                    extra={"event": "reconnect", "error": str(lost), "retry_in": round(delay, 2)},
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+            if lost is None or stop.is_set():
+                continue
+            floor = 0.0
+            if link is not None and mqtt.disconnect_reason(link.client) == mqtt.SESSION_TAKEN_OVER:
+                self._taken_over()  # raises when it is time to give up
+                floor = TAKEOVER_BACKOFF_SECONDS
+            delay = max(floor, backoff_delay(attempt))
+            attempt += 1
+            self.reconnects += 1
+            self.metrics.broker_reconnects.inc()
+            log.warning(
+                "broker connection lost; reconnecting",
+                extra={"event": "reconnect", "error": str(lost), "retry_in": round(delay, 2)},
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+
+    def _taken_over(self) -> None:
+        """Another connection took this bridge's session: say so, and do not fight for it."""
+        now = time.monotonic()
+        self.metrics.session_takeovers.inc()
+        self._takeovers.append(now)
+        while self._takeovers and now - self._takeovers[0] > TAKEOVER_WINDOW_SECONDS:
+            self._takeovers.popleft()
+        client_id = self._settings.mqtt_client_id
+        young = self._first_subscribed is not None and now - self._first_subscribed < YOUNG_SECONDS
+        giving_up = young or len(self._takeovers) >= MAX_TAKEOVERS
+        log.error(
+            "another MQTT connection took this bridge's session (client id %r); "
+            "set BRIDGE_CLIENT_ID to a value distinct per replica",
+            client_id,
+            extra={
+                "event": "session_taken_over",
+                "client_id": client_id,
+                "takeovers": len(self._takeovers),
+                "action": "exit" if giving_up else "reconnect",
+            },
+        )
+        if giving_up:
+            raise ConfigError(
+                f"Another MQTT connection uses this bridge's client id {client_id!r} and took "
+                f"its session {len(self._takeovers)} time(s); set BRIDGE_CLIENT_ID to a value "
+                "distinct per replica (or leave it unset, so each host gets its own)."
+            )
 
     def _connect(self) -> contextlib.AbstractAsyncContextManager[mqtt.Link]:
         return mqtt.connect(
@@ -172,10 +276,22 @@ class BridgeService:
         queue: asyncio.Queue[tuple[int, aiomqtt.Message]],
         acks: AckWindow,
     ) -> None:
-        async for message in client.messages:
-            # Blocks when full: backpressure, not memory growth (and the broker sends
-            # no more than the Receive Maximum of unacknowledged requests).
-            await queue.put((acks.arrived(message), message))
+        try:
+            async for message in client.messages:
+                ticket = acks.arrived(message)
+                if message.retain:
+                    # A broker replaying a stored request (MQTT 3.1.1, or a broker that
+                    # ignores Retain Handling): it was answered when it was published.
+                    acks.done(ticket)
+                    self.metrics.retained_ignored.inc()
+                    log.debug("retained request ignored", extra={"event": "retained_ignored"})
+                    continue
+                # Blocks when full: backpressure, not memory growth (and the broker sends
+                # no more than the Receive Maximum of unacknowledged requests).
+                await queue.put((ticket, message))
+        except aiomqtt.MqttError:
+            self.ready.clear()  # not serving from now on, however long the teardown takes
+            raise
 
     async def _work(
         self,
@@ -183,12 +299,18 @@ class BridgeService:
         queue: asyncio.Queue[tuple[int, aiomqtt.Message]],
         acks: AckWindow,
     ) -> None:
+        me = asyncio.current_task()
+        assert me is not None
         while True:
+            # A cancellation some library swallowed (see mqtt.publish) is still pending on
+            # this task: honour it here, or the task group would wait on queue.get() forever.
+            if me.cancelling():
+                raise asyncio.CancelledError
             ticket, message = await queue.get()
             try:
                 with self.metrics.in_flight.track_inprogress():
                     await self._handle(client, message)
-                acks.done(ticket)  # not on failure: the broker sends it again
+                acks.done(ticket)  # not when the reply could not be sent: it comes again
             finally:
                 queue.task_done()
 
@@ -196,22 +318,38 @@ class BridgeService:
         started = time.perf_counter()
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else b""
+        key = self._ledger.key(message)
+        attempts = self._ledger.started(key)
+        if attempts > MAX_DELIVERIES:
+            self._ledger.finished(key)
+            self.metrics.abandoned.inc()
+            log.error(
+                "request abandoned: delivered %d times without its handling finishing; "
+                "acknowledged without a reply",
+                attempts - 1,
+                extra={
+                    "event": "abandoned",
+                    "topic": topic[:200],
+                    "request_id": protocol.request_id_of(payload),
+                },
+            )
+            return
         client_id = protocol.client_id_from_topic(self._prefix, topic)
         if client_id is None:
             # No safe topic to answer on: never reply, only record it.
-            await self._provisioner.reject_topic(topic, payload)
+            await self._contained(self._provisioner.reject_topic(topic, payload), payload)
+            self._ledger.finished(key)
             self.metrics.unanswered.inc()
             log.warning(
                 "request on a topic without a valid client id; not answered",
                 extra={"event": "bad_topic", "topic": topic[:200]},
             )
             return
-        reply = await self._provisioner.activate(client_id, payload)
-        await client.publish(
+        reply = await self._contained(self._provisioner.activate(client_id, payload), payload)
+        await mqtt.publish(
+            client,
             protocol.reply_topic(self._prefix, client_id),
             reply.payload,
-            qos=1,
-            retain=False,
             # MQTT 3.1.1 (the embedded broker) has no properties; the request id correlates.
             properties=mqtt.reply_properties(
                 self._settings.reply_expiry_seconds, mqtt.correlation_data(message)
@@ -219,6 +357,7 @@ class BridgeService:
             if self._mqtt5
             else None,
         )
+        self._ledger.finished(key)
         elapsed = time.perf_counter() - started
         self.metrics.answered(reply.code, elapsed)
         log.info(
@@ -232,3 +371,41 @@ class BridgeService:
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
+
+    async def _contained(
+        self, handling: Coroutine[object, object, _T], payload: bytes
+    ) -> _T | Reply:
+        """Run the handling of one request; a failure in it becomes that request's reply.
+
+        The three answers: a refusal that escaped the provisioner is still the device's
+        (its code and sentence); a database that is down is ``unavailable``; anything
+        else is a bug, loud (traceback once, a metric) but contained: ``unavailable``,
+        since the fault is the bridge's. Cancellation always propagates.
+        """
+        try:
+            async with asyncio.timeout(self.handler_timeout):
+                return await handling
+        except RequestError as exc:
+            request_id = protocol.request_id_of(payload)
+            body = protocol.error_reply(request_id, exc.code, exc.message)
+            return Reply(body, exc.code, request_id)
+        except Unavailable as exc:
+            return self._unavailable(protocol.request_id_of(payload), exc.message)
+        except Exception:
+            request_id = protocol.request_id_of(payload)
+            self.metrics.handler_errors.inc()
+            log.exception(
+                "handling a request failed; answered 'unavailable'",
+                extra={"event": "handler_error", "request_id": request_id},
+            )
+            retry_after = self._settings.retry_after_seconds
+            return self._unavailable(
+                request_id,
+                "The bridge could not handle this request because of an internal error; "
+                f"retry after {retry_after} seconds.",
+            )
+
+    def _unavailable(self, request_id: str | None, sentence: str) -> Reply:
+        retry_after = self._settings.retry_after_seconds
+        body = protocol.error_reply(request_id, "unavailable", sentence, retry_after)
+        return Reply(body, "unavailable", request_id)
