@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Coroutine
@@ -53,9 +54,13 @@ MAX_TAKEOVERS = 3
 TAKEOVER_WINDOW_SECONDS = 300.0
 #: A bridge taken over within this long of its first subscription is the newcomer that
 #: took a running bridge's client id: it leaves at once, and the running one keeps serving.
-YOUNG_SECONDS = 10.0
+YOUNG_SECONDS = 5.0
 #: The least wait before taking a session back, so two bridges never trade it quickly.
 TAKEOVER_BACKOFF_SECONDS = 1.0
+#: How long the broker may take to accept a connection (CONNACK) or a clean disconnect.
+CONNECT_TIMEOUT_SECONDS = 5.0
+#: How long the check "does the broker still accept connections?" may take.
+PROBE_TIMEOUT_SECONDS = 3.0
 
 
 def backoff_delay(attempt: int) -> float:
@@ -166,7 +171,10 @@ class BridgeService:
                     client, self._mqtt5 = link.client, link.mqtt5
                     group = self._settings.subscription_group()
                     await mqtt.subscribe_requests(
-                        client, protocol.subscription(self._prefix, group), mqtt5=link.mqtt5
+                        client,
+                        protocol.subscription(self._prefix, group),
+                        mqtt5=link.mqtt5,
+                        timeout=CONNECT_TIMEOUT_SECONDS,
                     )
                     attempt = 0
                     if self._first_subscribed is None:
@@ -191,7 +199,7 @@ class BridgeService:
             if lost is None or stop.is_set():
                 continue
             floor = 0.0
-            if link is not None and mqtt.disconnect_reason(link.client) == mqtt.SESSION_TAKEN_OVER:
+            if link is not None and await self._taken_over_from(link.client):
                 self._taken_over()  # raises when it is time to give up
                 floor = TAKEOVER_BACKOFF_SECONDS
             delay = max(floor, backoff_delay(attempt))
@@ -205,6 +213,25 @@ class BridgeService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await stop.wait()
+
+    async def _taken_over_from(self, client: aiomqtt.Client) -> bool:
+        """Whether the connection just lost was taken over by another with our client id.
+
+        Said outright with MQTT 5 reason 0x8E. Mosquitto 2.0.11 says nothing: it closes
+        the connection, as it also does when it shuts down. A broker that still accepts
+        a connection (under a throwaway client id, so it takes nobody's session) did not
+        shut down: it closed ours for another connection with our client id.
+        """
+        how = mqtt.how_lost(client)
+        if how != "closed":
+            return how == "taken_over"
+        probe = f"bridge-probe-{secrets.token_hex(6)}"
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                async with mqtt.connect(self._endpoint, probe, persistent=False):
+                    return True
+        except (aiomqtt.MqttError, TimeoutError, OSError):
+            return False
 
     def _taken_over(self) -> None:
         """Another connection took this bridge's session: say so, and do not fight for it."""
@@ -242,6 +269,9 @@ class BridgeService:
             # The broker holds back what does not fit: the queue and the workers.
             max_inflight=min(2 * self._settings.max_in_flight, 65_535),
             manual_ack=True,
+            # A CONNACK takes milliseconds; a broker that does not send one in this long
+            # is tried again, and a SIGTERM meanwhile waits no longer than this.
+            timeout=CONNECT_TIMEOUT_SECONDS,
         )
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
@@ -255,11 +285,13 @@ class BridgeService:
                 for n in range(self._settings.max_in_flight)
             ]
             reader = tg.create_task(self._read(client, queue, acks), name="bridge-reader")
+            watch = tg.create_task(mqtt.watch(client), name="bridge-connection-watch")
             stopping = tg.create_task(stop.wait(), name="bridge-stop")
             await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if stop.is_set():
                 # Take no more requests; give the ones already taken a bounded time.
                 reader.cancel()
+                watch.cancel()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._drain_seconds):
                         await queue.join()
