@@ -134,7 +134,7 @@ async def test_attack_second_bridge_with_the_same_client_id_leaves_the_first_ser
         "BRIDGE_DATABASE_URL": database_url,
         "BRIDGE_MQTT_URL": mqtt_url,
         "BRIDGE_TOPIC_PREFIX": prefix,
-        "BRIDGE_SECRET": "takeover-secret-" + "t" * 24,
+        "BRIDGE_SECRET": secrets.token_hex(32),
         "BRIDGE_CLIENT_ID": client_id,
     }
     first_addr = f"127.0.0.1:{free_port()}"
@@ -158,7 +158,7 @@ async def test_attack_second_bridge_with_the_same_client_id_leaves_the_first_ser
             while (await readiness(first_addr))[0] != 200:
                 await asyncio.sleep(0.2)
         device = Settings(mqtt_url=SecretStr(mqtt_url), topic_prefix=prefix, secret="x" * 32)
-        result = await activate(device, GOOD, model="atk-1")
+        result = await activate(device, GOOD, model="atk-1", seal=True)
         assert result.ok, result.reply
         assert first.alive()
     finally:
@@ -245,7 +245,7 @@ async def test_attack_connection_resets_with_requests_in_flight(
                 "BRIDGE_DATABASE_URL": database_url,
                 "BRIDGE_MQTT_URL": f"mqtt://127.0.0.1:{proxy.port}",
                 "BRIDGE_TOPIC_PREFIX": prefix,
-                "BRIDGE_SECRET": "reset-secret-" + "r" * 24,
+                "BRIDGE_SECRET": secrets.token_hex(32),
                 "BRIDGE_CLIENT_ID": f"bridge-reset-{secrets.token_hex(3)}",
                 "BRIDGE_METRICS_ADDR": addr,
             },
@@ -275,7 +275,7 @@ async def test_attack_connection_resets_with_requests_in_flight(
                 while (await readiness(addr))[0] != 200:
                     await asyncio.sleep(0.2)
             device = Settings(mqtt_url=SecretStr(mqtt_url), topic_prefix=prefix, secret="x" * 32)
-            result = await activate(device, fresh, model="atk-1", timeout=30)
+            result = await activate(device, fresh, model="atk-1", seal=True, timeout=30)
             assert result.ok, result.reply
             # One more reset in the middle of the backlog, then SIGTERM: it ends in time.
             proxy.reset()
