@@ -45,8 +45,8 @@ BACKOFF_CAP = 15.0
 #: One request may take this long (database, broker login) before it is given up and
 #: answered ``unavailable``: a hung handler must not hold a worker, nor the drain, for good.
 HANDLER_TIMEOUT_SECONDS = 30.0
-#: A request handed to a worker this many times without its handling ever finishing
-#: (each time the connection went down meanwhile) is acknowledged unanswered.
+#: A request whose handling the connection's end cut short this many times is
+#: acknowledged unanswered when it comes again.
 MAX_DELIVERIES = 5
 #: Session takeovers (MQTT 5 reason 0x8E) tolerated within TAKEOVER_WINDOW_SECONDS;
 #: the next one ends ``serve`` with an error.
@@ -100,12 +100,14 @@ class AckWindow:
 
 
 class DeliveryLedger:
-    """How often each request was handed to a worker without its handling finishing.
+    """How often the handling of each request was cut short by the connection's end.
 
     Keyed by topic and payload digest, bounded (oldest forgotten first), in memory: it
     catches a request whose handling brings the connection down every time it is
-    redelivered, which would otherwise repeat for ever. A request that kills the whole
-    process is not counted across restarts (no storage is shared for it).
+    redelivered, which would otherwise repeat for ever. Only interrupted attempts
+    count, so a device that sends the same bytes again and again is answered every
+    time. A request that kills the whole process is not counted across restarts (no
+    storage is shared for it).
     """
 
     def __init__(self, limit: int = 10_000) -> None:
@@ -117,13 +119,13 @@ class DeliveryLedger:
         payload = message.payload if isinstance(message.payload, bytes) else b""
         return message.topic.value, hashlib.sha256(payload).digest()[:16]
 
-    def started(self, key: tuple[str, bytes]) -> int:
-        """Count one more attempt at ``key``; returns how many there have been."""
-        count = self._counts.pop(key, 0) + 1
-        self._counts[key] = count
+    def interruptions(self, key: tuple[str, bytes]) -> int:
+        return self._counts.get(key, 0)
+
+    def interrupted(self, key: tuple[str, bytes]) -> None:
+        self._counts[key] = self._counts.pop(key, 0) + 1
         while len(self._counts) > self._limit:
             self._counts.popitem(last=False)
-        return count
 
     def finished(self, key: tuple[str, bytes]) -> None:
         self._counts.pop(key, None)
@@ -347,30 +349,38 @@ class BridgeService:
                 queue.task_done()
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        started = time.perf_counter()
-        topic = message.topic.value
-        payload = message.payload if isinstance(message.payload, bytes) else b""
         key = self._ledger.key(message)
-        attempts = self._ledger.started(key)
-        if attempts > MAX_DELIVERIES:
+        cut_short = self._ledger.interruptions(key)
+        if cut_short >= MAX_DELIVERIES:
             self._ledger.finished(key)
             self.metrics.abandoned.inc()
+            payload = message.payload if isinstance(message.payload, bytes) else b""
             log.error(
-                "request abandoned: delivered %d times without its handling finishing; "
-                "acknowledged without a reply",
-                attempts - 1,
+                "request abandoned: its handling was cut short %d times by the connection's "
+                "end; acknowledged without a reply",
+                cut_short,
                 extra={
                     "event": "abandoned",
-                    "topic": topic[:200],
+                    "topic": message.topic.value[:200],
                     "request_id": protocol.request_id_of(payload),
                 },
             )
             return
+        try:
+            await self._answer(client, message)
+        except BaseException:  # the connection ended (cancelled, or the reply not sent)
+            self._ledger.interrupted(key)
+            raise
+        self._ledger.finished(key)
+
+    async def _answer(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        started = time.perf_counter()
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes) else b""
         client_id = protocol.client_id_from_topic(self._prefix, topic)
         if client_id is None:
             # No safe topic to answer on: never reply, only record it.
             await self._contained(self._provisioner.reject_topic(topic, payload), payload)
-            self._ledger.finished(key)
             self.metrics.unanswered.inc()
             log.warning(
                 "request on a topic without a valid client id; not answered",
@@ -389,7 +399,6 @@ class BridgeService:
             if self._mqtt5
             else None,
         )
-        self._ledger.finished(key)
         elapsed = time.perf_counter() - started
         self.metrics.answered(reply.code, elapsed)
         log.info(
