@@ -59,8 +59,9 @@ YOUNG_SECONDS = 5.0
 TAKEOVER_BACKOFF_SECONDS = 1.0
 #: How long the broker may take to accept a connection (CONNACK) or a clean disconnect.
 CONNECT_TIMEOUT_SECONDS = 5.0
-#: How long the check "does the broker still accept connections?" may take.
-PROBE_TIMEOUT_SECONDS = 3.0
+#: After a connection closed without a reason, how long to wait for the sentinel's to
+#: close too (a broker going down closes them all, one after the other).
+SENTINEL_GRACE_SECONDS = 0.5
 
 
 def backoff_delay(attempt: int) -> float:
@@ -131,6 +132,35 @@ class DeliveryLedger:
         self._counts.pop(key, None)
 
 
+class Sentinel:
+    """A second, idle connection to the broker under a client id of its own (random).
+
+    Mosquitto 2.0.11 closes a connection whose session another connection takes
+    without saying why, as it closes every connection when it shuts down; only in the
+    second case does this one go too. See :meth:`BridgeService._taken_over_from`.
+    """
+
+    def __init__(self, endpoint: MqttEndpoint, client_id: str) -> None:
+        self._endpoint = endpoint
+        self._client_id = client_id
+        #: When the current connection was made (monotonic), None while there is none.
+        self.up_since: float | None = None
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with mqtt.connect(self._endpoint, self._client_id, persistent=False) as link:
+                    self.up_since, attempt = time.monotonic(), 0
+                    await mqtt.watch(link.client)  # returns only by raising, when it ends
+            except aiomqtt.MqttError:
+                pass
+            finally:
+                self.up_since = None
+            await asyncio.sleep(backoff_delay(attempt))
+            attempt += 1
+
+
 class BridgeService:
     """Serves activation requests until ``stop`` is set."""
 
@@ -157,6 +187,9 @@ class BridgeService:
         self._ledger = DeliveryLedger()
         self._first_subscribed: float | None = None
         self._takeovers: deque[float] = deque()
+        self._sentinel = Sentinel(
+            endpoint, f"{settings.mqtt_client_id[:100]}-sentinel-{secrets.token_hex(4)}"
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve, reconnect on broker loss; return once ``stop`` is set.
@@ -164,6 +197,15 @@ class BridgeService:
         Raises :class:`ConfigError` when the session keeps being taken over by another
         connection with this bridge's client id.
         """
+        sentinel = asyncio.create_task(self._sentinel.run(), name="bridge-sentinel")
+        try:
+            await self._run(stop)
+        finally:
+            sentinel.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sentinel
+
+    async def _run(self, stop: asyncio.Event) -> None:
         attempt = 0
         while not stop.is_set():
             lost: aiomqtt.MqttError | None = None
@@ -201,7 +243,8 @@ class BridgeService:
             if lost is None or stop.is_set():
                 continue
             floor = 0.0
-            if link is not None and await self._taken_over_from(link.client):
+            lost_at = time.monotonic()
+            if link is not None and await self._taken_over_from(link.client, lost_at):
                 self._taken_over()  # raises when it is time to give up
                 floor = TAKEOVER_BACKOFF_SECONDS
             delay = max(floor, backoff_delay(attempt))
@@ -216,24 +259,20 @@ class BridgeService:
                 async with asyncio.timeout(delay):
                     await stop.wait()
 
-    async def _taken_over_from(self, client: aiomqtt.Client) -> bool:
+    async def _taken_over_from(self, client: aiomqtt.Client, lost_at: float) -> bool:
         """Whether the connection just lost was taken over by another with our client id.
 
         Said outright with MQTT 5 reason 0x8E. Mosquitto 2.0.11 says nothing: it closes
-        the connection, as it also does when it shuts down. A broker that still accepts
-        a connection (under a throwaway client id, so it takes nobody's session) did not
-        shut down: it closed ours for another connection with our client id.
+        the connection, exactly as when it shuts down or restarts. The sentinel tells
+        them apart: a broker going down closes the sentinel's connection too, a moment
+        later; a takeover leaves it up.
         """
         how = mqtt.how_lost(client)
         if how != "closed":
             return how == "taken_over"
-        probe = f"bridge-probe-{secrets.token_hex(6)}"
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-                async with mqtt.connect(self._endpoint, probe, persistent=False):
-                    return True
-        except (aiomqtt.MqttError, TimeoutError, OSError):
-            return False
+        await asyncio.sleep(SENTINEL_GRACE_SECONDS)
+        since = self._sentinel.up_since
+        return since is not None and since < lost_at
 
     def _taken_over(self) -> None:
         """Another connection took this bridge's session: say so, and do not fight for it."""
