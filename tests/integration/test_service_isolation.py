@@ -29,7 +29,7 @@ from bridge.metrics import Metrics
 from bridge.provisioner import Provisioner, Reply
 from bridge.service import MAX_DELIVERIES, BridgeService
 from bridge.store import Store
-from tests.faults.netfault import ResettingProxy, resetting_proxy
+from tests.faults.netfault import resetting_proxy
 from tests.helpers import activate, raw_exchange, start_bridge
 
 GOOD = "02:00:00:00:00:01"
@@ -193,9 +193,7 @@ async def test_attack_a_hung_handler_is_answered_and_others_are_served(
         await asyncio.sleep(3600)
 
     async with in_loop_service(settings, _endpoint(settings), hang, handler_timeout=1.0) as svc:
-        hung = asyncio.create_task(
-            raw_exchange(settings, _request(POISON, "h1"), client_id="hung")
-        )
+        hung = asyncio.create_task(raw_exchange(settings, _request(POISON, "h1"), client_id="hung"))
         good = await activate(settings, GOOD, model="iso-1", seal=True)
         assert good.ok and not hung.done()  # served while the other one hangs
         answer = await hung
@@ -227,7 +225,7 @@ async def test_attack_a_request_that_drops_the_connection_each_time_is_abandoned
                     qos=1,
                 )
                 async with asyncio.timeout(60):
-                    while svc.metrics.abandoned._value.get() < 1:
+                    while svc.metrics.abandoned._value.get() < 1:  # noqa: ASYNC110 (a counter)
                         await asyncio.sleep(0.2)
                     await svc.service.ready.wait()
                 good = await activate(settings, GOOD, model="iso-1", seal=True)
