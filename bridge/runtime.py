@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from bridge import embedded, health, keys
 from bridge.config import Settings
 from bridge.dynsec import DynSec
-from bridge.errors import ConfigError, Unavailable
+from bridge.errors import BridgeError, ConfigError, Unavailable
 from bridge.metrics import Metrics
 from bridge.provisioner import Provisioner
 from bridge.records import RateLimit
@@ -84,17 +84,22 @@ async def serve(
                     await stack.enter_async_context(
                         health.listening(settings.metrics_addr, metrics, probe)
                     )
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(
-                        _purge(store, stop, settings.rate_limit_window_seconds),
-                        name="bridge-purge",
-                    )
-                    if api:
-                        tg.create_task(_run_api(settings, store, stop, None), name="bridge-api")
-                    try:
-                        await service.run(stop)
-                    finally:
-                        stop.set()  # the purge and the API end with it, whatever ended it
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(
+                            _purge(store, stop, settings.rate_limit_window_seconds),
+                            name="bridge-purge",
+                        )
+                        if api:
+                            tg.create_task(_run_api(settings, store, stop, None), name="bridge-api")
+                        try:
+                            await service.run(stop)
+                        finally:
+                            stop.set()  # the purge and the API end with it, whatever ended it
+                except* BridgeError as group:
+                    # One sentence for the operator (e.g. a session taken over), printed by
+                    # the command line as such: not a traceback of the task group.
+                    raise group.exceptions[0] from None
     log.info("stopped", extra={"event": "stopped"})
 
 

@@ -154,7 +154,10 @@ async def test_attack_second_bridge_with_the_same_client_id_leaves_the_first_ser
         assert len(said) == 1, second.text()[-3000:]
         assert said[0]["level"] == "error" and said[0]["client_id"] == client_id
         assert "BRIDGE_CLIENT_ID" in said[0]["msg"]
-        assert "BRIDGE_CLIENT_ID" in second.text()  # and the exit line says the fix too
+        # ... and its last line says the fix too, as one sentence, not a traceback.
+        assert "error: config: Another MQTT connection uses" in second.text()
+        assert "BRIDGE_CLIENT_ID" in second.text().splitlines()[-1]
+        assert "Traceback" not in second.text()
         # The first one took its session back once and serves.
         assert len(first.events("session_taken_over")) == 1
         async with asyncio.timeout(15):
