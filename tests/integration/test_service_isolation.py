@@ -125,6 +125,7 @@ async def in_loop_service(
     fault: Callable[[], Any],
     *,
     handler_timeout: float | None = None,
+    drain_seconds: float = 5.0,
 ) -> AsyncIterator[InLoopService]:
     assert settings.database_url is not None
     secret = settings.server_secret()
@@ -133,7 +134,9 @@ async def in_loop_service(
             store, keys.KeyHasher(secret), keys.ReplayCipher(secret), fault=fault, on=POISON
         )
         metrics = Metrics()
-        service = BridgeService(settings, endpoint, provisioner, metrics=metrics)
+        service = BridgeService(
+            settings, endpoint, provisioner, metrics=metrics, drain_seconds=drain_seconds
+        )
         if handler_timeout is not None:
             service.handler_timeout = handler_timeout
         stop = asyncio.Event()
@@ -199,6 +202,43 @@ async def test_attack_a_hung_handler_is_answered_and_others_are_served(
         answer = await hung
     assert answer["code"] == "unavailable" and answer["retry_after"] >= 1, answer
     assert svc.metrics.handler_errors._value.get() == 1
+
+
+async def test_attack_a_swallowed_cancellation_does_not_hang_the_stop(
+    admin: Admin, settings: Settings
+) -> None:
+    """What Python 3.11's asyncio.wait_for (inside aiomqtt's publish) did in issue 12.
+
+    A worker whose cancellation is swallowed somewhere below it went back to waiting on
+    its queue, and the task group, the reconnect and SIGTERM waited for it for ever.
+    """
+    await _model(admin, [GOOD, POISON])
+    swallowed = asyncio.Event()
+
+    async def swallow_the_cancellation() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # and carry on as if nothing happened
+
+    svc_cm = in_loop_service(
+        settings, _endpoint(settings), swallow_the_cancellation, drain_seconds=0.5
+    )
+    async with svc_cm as svc:
+        hung = asyncio.create_task(
+            raw_exchange(settings, _request(POISON, "s1"), client_id="swallow", timeout=20)
+        )
+        async with asyncio.timeout(10):
+            while svc.provisioner.faulted < 1:  # noqa: ASYNC110 (a counter)
+                await asyncio.sleep(0.05)
+        svc.stop.set()
+        # Drain (0.5 s), cancel the workers: the one below swallows it and must stop anyway.
+        async with asyncio.timeout(5):
+            await asyncio.shield(svc.task)
+        assert swallowed.is_set()
+        hung.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await hung
 
 
 async def test_attack_a_request_that_drops_the_connection_each_time_is_abandoned(
