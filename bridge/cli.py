@@ -1083,11 +1083,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop  # noqa: PLC0415 (optional speed-up)
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    # The standard event loop, even where uvloop is installed: aiomqtt drives paho's
+    # socket through add_reader/add_writer, and uvloop answers an error on such a socket
+    # (a TCP reset from the broker) by closing its poll handle without telling the
+    # reader, which left `serve` connected to nothing for good (issue 12).
+    return asyncio.run(coro)
 
 
 __all__ = ["Malformed", "main", "parse_duration"]

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,9 @@ class Settings(BaseSettings):
     client_id: str | None = Field(
         default=None,
         description="The bridge's own MQTT client id; keep it stable across restarts "
-        "(persistent session).",
+        "(persistent session) and distinct per replica. Unset: `<tag>` is an HMAC of "
+        "the host name under the server secret (with `--dev`: random, kept in the state "
+        "directory), so nobody can guess the id and take the bridge's session.",
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,
@@ -206,7 +209,28 @@ class Settings(BaseSettings):
 
     @property
     def mqtt_client_id(self) -> str:
-        return self.client_id or f"bridge-{socket.gethostname()}"[:128]
+        """The bridge's own MQTT client id: BRIDGE_CLIENT_ID, or one nobody can guess.
+
+        Mosquitto hands a session to whoever connects with its client id, anonymous or
+        not, so a guessable default (``bridge-<hostname>``) let anyone kick the bridge
+        and take its queued requests. Unset, the id is an HMAC of the host name under the
+        server secret: stable across restarts (the persistent session survives), distinct
+        per host, unknown to anyone without the secret. With only the public development
+        secret (``--dev``) that HMAC would be guessable, so a random id is made once and
+        kept in the state directory instead.
+        """
+        if self.client_id:
+            return self.client_id
+        host = socket.gethostname()
+        if self.secret is not None and self.secret.get_secret_value():
+            tag = hmac.new(
+                self.secret.get_secret_value().encode(),
+                b"provisioning-bridge/v1 client-id\x00" + host.encode(),
+                hashlib.sha256,
+            ).hexdigest()[:24]
+        else:
+            tag = _kept_client_tag(self.state_dir)
+        return f"bridge-{host[:64]}-{tag}"
 
     def server_secret(self) -> bytes:
         """The secret for keyed hashing; refuses to invent one, or take a weak one, unless --dev."""
@@ -264,6 +288,28 @@ def _refuse_weak_secret(value: str) -> None:
             f"of random data, e.g. the output of `{_HOW_TO_MAKE_ONE}` "
             "(or pass --dev for a development run)."
         )
+
+
+def _kept_client_tag(state_dir: Path) -> str:
+    """A random client-id tag made once and kept (0600) in the state directory."""
+    path = state_dir / "bridge-client-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return secrets.token_hex(12)  # unreadable: safe, though not stable across restarts
+    tag = secrets.token_hex(12)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()  # another process made it first: use theirs
+    except OSError:
+        return tag  # no writable state directory: safe, though not stable across restarts
+    with os.fdopen(fd, "w") as f:
+        f.write(tag + "\n")
+    return tag
 
 
 def load_settings(**overrides: Any) -> Settings:

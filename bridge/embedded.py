@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import hmac
@@ -30,9 +31,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from bridge import brokerconf
@@ -437,6 +439,33 @@ async def _amqtt(settings: Settings, endpoint: MqttEndpoint) -> AsyncIterator[No
             await asyncio.wait_for(server.shutdown(), timeout=5)
 
 
+#: prctl(2) option: the signal a child gets when the thread that started it dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that ties the broker's life to ours (Linux; None elsewhere).
+
+    The ``finally`` of :func:`_mosquitto` stops the broker when ``serve`` ends, but not
+    when ``serve`` is killed (SIGKILL, the OOM killer): the broker then outlived it and
+    kept the port. With PR_SET_PDEATHSIG the kernel sends it SIGTERM (it saves its
+    persistence file) when the thread that started it dies: ``serve``'s main thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
+    except (OSError, AttributeError):
+        return None
+
+    def tie() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # died between fork and prctl: nobody will signal
+            os._exit(1)
+
+    return tie
+
+
 @contextlib.contextmanager
 def _mosquitto(binary: str, settings: Settings, endpoint: MqttEndpoint) -> Iterator[BrokerAccess]:
     """mosquitto from PATH with our ``mosquitto.conf``, as a child process."""
@@ -445,7 +474,11 @@ def _mosquitto(binary: str, settings: Settings, endpoint: MqttEndpoint) -> Itera
     conf, access = _provision(settings, workdir, endpoint.port)
     logfile = (workdir / "mosquitto.log").open("ab")
     proc = subprocess.Popen(  # noqa: S603 (a fixed binary and our own config file)
-        [binary, "-c", str(conf)], cwd=workdir, stdout=logfile, stderr=logfile
+        [binary, "-c", str(conf)],
+        cwd=workdir,
+        stdout=logfile,
+        stderr=logfile,
+        preexec_fn=_dies_with(os.getpid()),  # noqa: PLW1509 (one C call, see _dies_with)
     )
     try:
         deadline = time.monotonic() + 10

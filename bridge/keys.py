@@ -126,11 +126,28 @@ class ReplayCipher:
         return None
 
 
+#: A fixed scalar to try a device's public key with. A low-order point gives the all-zero
+#: shared secret with every (clamped) scalar, so one trial tells; the scalar protects nothing.
+_PROBE = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+
+
 def decode_public_key(b64: str) -> bytes:
-    """The 32 raw bytes of a standard-base64 X25519 public key, or ValueError."""
+    """The 32 raw bytes of a usable standard-base64 X25519 public key, or ValueError.
+
+    Usable means a key exchange with it works: a low-order point (32 zero bytes, 1, the
+    points of order 4 and 8 and their non-canonical encodings) makes every shared secret
+    all zeros, which OpenSSL refuses at exchange time. Refused here, before the database
+    and before sealing, so it is the device's ``malformed`` and never the bridge's crash.
+    """
     raw = base64.b64decode(b64.encode("ascii"), validate=True)
     if len(raw) != 32:
         raise ValueError(f"public_key must decode to 32 bytes, not {len(raw)}")
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError:
+        raise ValueError(
+            "it is a low-order point: every shared secret with it would be all zeros"
+        ) from None
     return raw
 
 

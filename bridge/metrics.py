@@ -66,6 +66,30 @@ class Metrics:
             "Times the broker connection was lost and a reconnect scheduled.",
             registry=r,
         )
+        self.handler_errors = Counter(
+            "bridge_handler_errors",
+            "Requests whose handling raised an unexpected error (a bug or a hung handler): "
+            "logged with the traceback, answered 'unavailable', acknowledged.",
+            registry=r,
+        )
+        self.abandoned = Counter(
+            "bridge_abandoned_requests",
+            "Requests delivered again and again without ever being handled: acknowledged "
+            "unanswered and logged, so one message cannot wedge the session.",
+            registry=r,
+        )
+        self.retained_ignored = Counter(
+            "bridge_retained_requests_ignored",
+            "Requests that arrived with the retain flag (a broker replaying a stored "
+            "message): acknowledged, never answered.",
+            registry=r,
+        )
+        self.session_takeovers = Counter(
+            "bridge_session_takeovers",
+            "Times the broker gave the bridge's session to another connection with its "
+            "client id (MQTT 5 reason 0x8E).",
+            registry=r,
+        )
         self.broker_connected = Gauge(
             "bridge_broker_subscribed", "1 while subscribed to the activation topics.", registry=r
         )

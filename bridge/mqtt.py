@@ -11,11 +11,15 @@ the protocol's request id makes up for (see README, "Embedded broker").
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
+import math
+import os
 import socket
 import ssl
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +27,8 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import MqttEndpoint
 
@@ -45,6 +51,7 @@ def client(
     ca_file: str | None = None,
     mqtt5: bool = True,
     manual_ack: bool = False,
+    timeout: float = 10.0,
 ) -> aiomqtt.Client:
     """An MQTT 5 (or 3.1.1) client; ``persistent`` keeps the session across disconnects.
 
@@ -73,6 +80,7 @@ def client(
         }
     else:
         session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": not persistent}
+    watch = _SocketFailures() if manual_ack else None
     mqtt_client = aiomqtt.Client(
         endpoint.host,
         endpoint.port,
@@ -81,7 +89,8 @@ def client(
         identifier=client_id,
         tls_context=tls_context,
         max_inflight_messages=max_inflight,
-        timeout=10,
+        timeout=timeout,  # aiomqtt's wait for the CONNACK and for a clean disconnect
+        logger=watch.logger(client_id) if watch is not None else None,
         **session,
         # Requests and replies are small packets answered at once: Nagle's algorithm
         # would hold one back until the peer's delayed ACK (about 40 ms on Linux).
@@ -95,7 +104,219 @@ def client(
         # aiomqtt has no switch for this; paho's public manual_ack_set is reached
         # through aiomqtt's underlying client.
         mqtt_client._client.manual_ack_set(True)
+    if watch is not None:
+        _watched[mqtt_client] = watch
+    _register_writes_safely(mqtt_client)
     return mqtt_client
+
+
+def _register_writes_safely(mqtt_client: aiomqtt.Client) -> None:
+    """Replace aiomqtt's write registration with one that cannot outlive its socket.
+
+    aiomqtt registers the socket for writing through ``call_soon_threadsafe``, i.e. a
+    loop turn later. When the connection is reset in between (issue 12: a reset with
+    requests in flight), the registration runs after the socket is closed: on a number
+    the next connection's socket may already have, or one uvloop then keeps as a closed
+    poll handle, so the next connection's writes (PUBACKs, replies) never leave, its
+    publishes wait for ever, and so does SIGTERM. Checked when it runs: only the
+    client's current socket is registered.
+    """
+    loop = mqtt_client._loop
+
+    def register_write(paho: Any, _userdata: Any, sock: Any) -> None:
+        def writable() -> None:
+            try:
+                paho.loop_write()
+            except Exception as exc:  # as aiomqtt does: a broken connection
+                closed = mqtt_client._disconnected
+                if not closed.done():
+                    closed.set_exception(exc)
+
+        def register() -> None:
+            if paho.socket() is sock and sock.fileno() >= 0:
+                try:
+                    loop.add_writer(sock.fileno(), writable)
+                except (OSError, RuntimeError) as exc:  # uvloop: the fd's poll died (see below)
+                    _declare_broken(mqtt_client, exc)
+
+        loop.call_soon_threadsafe(register)
+
+    mqtt_client._client.on_socket_register_write = register_write
+
+
+def _declare_broken(mqtt_client: aiomqtt.Client, exc: BaseException) -> None:
+    """End a connection the client cannot notice is dead, and free its socket's number.
+
+    paho's socket close unregisters it from the loop (which frees uvloop's dead poll
+    handle: left behind, it would make the socket that reuses the number deaf too) and
+    closes it; aiomqtt then sees the disconnection like any other.
+    """
+    closed = mqtt_client._disconnected
+    if not closed.done():
+        closed.set_exception(aiomqtt.MqttError(f"the connection broke: {exc}"))
+    with contextlib.suppress(Exception):  # whatever state paho is in, the socket must go
+        mqtt_client._client._sock_close()
+
+
+#: How often :func:`watch` looks for a socket error nobody read.
+SOCKET_CHECK_SECONDS = 1.0
+
+
+async def watch(mqtt_client: aiomqtt.Client, every: float = SOCKET_CHECK_SECONDS) -> None:
+    """Raise :class:`MqttError` as soon as the connection ends; never return before.
+
+    Run beside the work on a connection, so that its end stops everything at once:
+    the reader may be waiting for queue space and the workers for their PUBACKs, and
+    neither looks at the connection meanwhile.
+
+    It also ends a connection whose socket holds an error no reader will see: uvloop
+    (libuv) answers an error event on a polled socket (a TCP reset) by closing its
+    poll handle instead of calling the reader, so paho never reads again and the
+    connection is dead without anyone knowing (issue 12: no reconnect, no reply, still
+    "ready"). The pending error stays on the socket (SO_ERROR), looked at once a
+    second. Under plain asyncio the reader sees it first.
+    """
+    while True:
+        closed = mqtt_client._disconnected
+        sock = mqtt_client._client.socket()
+        if not closed.done() and isinstance(sock, socket.socket):
+            try:
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except OSError as exc:
+                _declare_broken(mqtt_client, exc)
+            else:
+                if error:
+                    _declare_broken(mqtt_client, OSError(error, os.strerror(error)))
+        elif not closed.done():
+            _declare_broken(mqtt_client, OSError("the socket is gone"))
+        # asyncio.wait, not await: a timeout must not cancel aiomqtt's own future.
+        await asyncio.wait({closed}, timeout=every)
+        if closed.done():
+            cause = None if closed.cancelled() else closed.exception()
+            raise aiomqtt.MqttError(f"the connection to the broker ended ({cause})") from cause
+
+
+class _SocketFailures(logging.Handler):
+    """Notices paho's socket errors ("failed to receive on socket: ...").
+
+    paho reports a connection reset and the broker closing the connection with the
+    same code; only its error log line tells them apart, and the service needs to
+    (see :func:`how_lost`). A logger of the connection's own, never registered with
+    ``logging`` (so it goes away with its client), that passes records on to "mqtt".
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = True
+
+    def logger(self, client_id: str) -> logging.Logger:
+        own = logging.Logger(f"mqtt.{client_id}", logging.ERROR)
+        own.parent = logging.getLogger("mqtt")
+        own.addHandler(self)
+        return own
+
+
+_watched: weakref.WeakKeyDictionary[aiomqtt.Client, _SocketFailures] = weakref.WeakKeyDictionary()
+
+
+#: How long a publish or subscribe may wait for the broker's acknowledgement.
+ACK_TIMEOUT_SECONDS = 10.0
+
+#: MQTT 5 DISCONNECT reason: another connection took this client id's session.
+SESSION_TAKEN_OVER = 0x8E
+
+
+async def publish(
+    mqtt_client: aiomqtt.Client,
+    topic: str,
+    payload: bytes,
+    *,
+    properties: Properties | None = None,
+    timeout: float = ACK_TIMEOUT_SECONDS,
+) -> None:
+    """Publish at QoS 1 (never retained) and wait for the PUBACK, at most ``timeout``.
+
+    aiomqtt bounds the wait with ``asyncio.wait_for``, which on Python 3.11 returns the
+    result instead of raising when a cancellation arrives in the same loop turn as the
+    PUBACK: a worker cancelled that way went on to wait on its queue forever, and the
+    task group (and SIGTERM) with it. Waiting without a bound there (``wait_for`` then
+    awaits directly) under ``asyncio.timeout``, which honours cancellation, keeps it.
+    A PUBACK that does not come is a broken connection: :class:`MqttError`.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await mqtt_client.publish(
+                topic, payload, qos=1, retain=False, properties=properties, timeout=math.inf
+            )
+    except TimeoutError as exc:
+        raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s") from exc
+
+
+async def subscribe_requests(
+    mqtt_client: aiomqtt.Client, topic: str, *, mqtt5: bool, timeout: float = ACK_TIMEOUT_SECONDS
+) -> None:
+    """Subscribe at QoS 1; on MQTT 5 with Retain Handling 2, so no stored message is replayed.
+
+    A retained request would otherwise come again on every (re)subscription, i.e. after
+    every reconnect. On MQTT 3.1.1 the broker sends them with the retain flag set, which
+    the service ignores. Bounded like :func:`publish`, for the same reason.
+    """
+    options = (
+        SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        if mqtt5
+        else None
+    )
+    if options is None:
+        subscribing = mqtt_client.subscribe(topic, qos=1, timeout=math.inf)
+    else:  # paho takes the QoS from the options then, and refuses both
+        subscribing = mqtt_client.subscribe(topic, options=options, timeout=math.inf)
+    task = asyncio.ensure_future(subscribing)
+    closed = mqtt_client._disconnected
+    try:
+        # aiomqtt's wait for the SUBACK does not end when the connection does.
+        either: set[asyncio.Future[Any]] = {task, closed}
+        await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        task.result()
+        return
+    if closed.done():
+        raise aiomqtt.MqttError("the connection ended before the broker's SUBACK")
+    raise aiomqtt.MqttError(f"no SUBACK within {timeout:g} s")
+
+
+#: What paho reports for a connection that ended without a DISCONNECT from the broker.
+_UNSPECIFIED = 0x80
+
+
+def how_lost(mqtt_client: aiomqtt.Client) -> str:
+    """How a ``manual_ack`` connection ended: "taken_over", "closed" or "failed".
+
+    "taken_over": the broker said so (MQTT 5 DISCONNECT 0x8E). "closed": the broker
+    ended the connection in order, without a DISCONNECT and without a socket error,
+    which is how Mosquitto hands a session to another connection
+    with the same client id (as 2.0.11 does; later versions say 0x8E), and also how it
+    may shut down. "failed": anything else
+    (reset, timeout, another reason code).
+    """
+    closed = mqtt_client._disconnected
+    if not closed.done() or closed.cancelled():
+        return "failed"
+    exc = closed.exception()
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return "failed"
+    rc = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+    if rc == SESSION_TAKEN_OVER:
+        return "taken_over"
+    watch = _watched.get(mqtt_client)
+    if rc == _UNSPECIFIED and watch is not None and not watch.seen:
+        return "closed"
+    return "failed"
 
 
 def acknowledge(mqtt_client: aiomqtt.Client, message: aiomqtt.Message) -> None:
@@ -125,6 +346,7 @@ async def connect(
     max_inflight: int = 20,
     ca_file: str | None = None,
     manual_ack: bool = False,
+    timeout: float = 10.0,
 ) -> AsyncIterator[Link]:
     """Connect with MQTT 5, or with 3.1.1 when the broker refuses MQTT 5.
 
@@ -143,19 +365,48 @@ async def connect(
             ca_file=ca_file,
             mqtt5=mqtt5,
             manual_ack=manual_ack,
+            timeout=timeout,
         )
 
     async with contextlib.AsyncExitStack() as stack:
         mqtt5 = endpoint.mqtt5
         try:
-            c = await stack.enter_async_context(made(mqtt5))
+            c = await _enter(stack, made(mqtt5))
         except aiomqtt.MqttCodeError as exc:
             if not mqtt5 or exc.rc != _UNSUPPORTED_PROTOCOL:
                 raise
             log.debug("broker refused MQTT 5; using MQTT 3.1.1", extra={"event": "mqtt311"})
             mqtt5 = False
-            c = await stack.enter_async_context(made(mqtt5))
+            c = await _enter(stack, made(mqtt5))
         yield Link(c, mqtt5)
+
+
+#: How often :func:`_enter` looks whether paho lost the socket before the CONNACK.
+_CONNECT_CHECK_SECONDS = 0.05
+
+
+async def _enter(stack: contextlib.AsyncExitStack, mqtt_client: aiomqtt.Client) -> aiomqtt.Client:
+    """Connect; fail as soon as the connection is lost before the broker's CONNACK.
+
+    aiomqtt ignores a disconnection that comes before the CONNACK and waits out its
+    whole timeout (a reset while reconnecting cost the bridge 10 s of deafness, and
+    SIGTERM as long). paho has closed the socket by then, so nothing is left to clean.
+    """
+    entering = asyncio.ensure_future(stack.enter_async_context(mqtt_client))
+    while True:
+        try:
+            await asyncio.wait({entering}, timeout=_CONNECT_CHECK_SECONDS)
+        except asyncio.CancelledError:
+            entering.cancel()  # no connection attempt outlives its caller
+            raise
+        if entering.done():
+            return entering.result()
+        state = getattr(mqtt_client._client, "_state", None)
+        if getattr(state, "name", "") == "MQTT_CS_CONNECTION_LOST":
+            entering.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await entering
+            raise aiomqtt.MqttError("the connection was lost before the broker's CONNACK")
 
 
 def reply_properties(expiry_seconds: int, correlation_data: bytes | None) -> Properties:

@@ -28,7 +28,7 @@ END = "<!-- settings:end -->"
 #: Defaults computed at run time, shown as what they mean rather than this machine's value.
 _SHOWN_DEFAULTS = {
     "state_dir": "`$XDG_STATE_HOME/provisioning-bridge` (`~/.local/state/…` when unset)",
-    "client_id": "`bridge-<hostname>`",
+    "client_id": "`bridge-<hostname>-<tag>`",
 }
 
 

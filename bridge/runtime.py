@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 from bridge import embedded, health, keys
 from bridge.config import Settings
 from bridge.dynsec import DynSec
-from bridge.errors import ConfigError, Unavailable
+from bridge.errors import BridgeError, ConfigError, Unavailable
 from bridge.logins import LoginNamespace
 from bridge.metrics import Metrics
 from bridge.provisioner import Provisioner
@@ -27,6 +29,10 @@ from bridge.store import Store
 log = logging.getLogger("bridge.runtime")
 
 PURGE_EVERY_SECONDS = 60.0
+#: After SIGTERM/SIGINT the bridge drains for its drain bound (5 s) and closes its
+#: connections; whatever still runs this long after the signal is cut short: the process
+#: exits with status 1 (and its embedded broker with it), never hangs.
+STOP_DEADLINE_SECONDS = 15.0
 
 
 async def serve(
@@ -50,44 +56,56 @@ async def serve(
     # client that sees the port finds the database up too); the broker's choice
     # (configured, mosquitto or the in-process amqtt) is the first line logged.
     dsn = embedded.database_url(settings)
-    async with (
-        embedded.broker(settings) as access,
-        Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store,
-        _device_logins(settings, access) as (logins, accounts),
-    ):
-        await _check_schema(store, migrate=embedded.is_embedded_database(settings))
-        metrics.watch_pool(store.pool_stats)
-        provisioner = Provisioner(
-            store,
-            keys.KeyHasher(secret, settings.previous_server_secrets()),
-            keys.ReplayCipher(secret, settings.previous_server_secrets()),
-            grace_seconds=settings.grace_seconds,
-            retry_after=settings.retry_after_seconds,
-            limit=RateLimit(settings.rate_limit_failures, settings.rate_limit_window_seconds),
-            accounts=accounts,
-            enrollment=keys.EnrollmentCipher(secret, settings.previous_server_secrets()),
-            logins=logins,
-        )
-        service = BridgeService(
-            settings, access.endpoint, provisioner, ready=ready, metrics=metrics
-        )
-        probe = _readiness(service, store, metrics)
-        async with contextlib.AsyncExitStack() as stack:
-            if settings.metrics_addr:
-                await stack.enter_async_context(
-                    health.listening(settings.metrics_addr, metrics, probe)
-                )
-            with _signals_set(stop):
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(
-                        _purge(store, stop, settings.rate_limit_window_seconds),
-                        name="bridge-purge",
+    # Signals first: SIGTERM while the broker or the database is still starting stops too,
+    # and the stop deadline covers every cleanup below.
+    with _signals_set(stop):
+        async with (
+            embedded.broker(settings) as access,
+            Store.open(dsn, pool_size=settings.db_pool_size, eager=False) as store,
+            _device_logins(settings, access) as (logins, accounts),
+        ):
+            await _check_schema(store, migrate=embedded.is_embedded_database(settings))
+            metrics.watch_pool(store.pool_stats)
+            provisioner = Provisioner(
+                store,
+                keys.KeyHasher(secret, settings.previous_server_secrets()),
+                keys.ReplayCipher(secret, settings.previous_server_secrets()),
+                grace_seconds=settings.grace_seconds,
+                retry_after=settings.retry_after_seconds,
+                limit=RateLimit(settings.rate_limit_failures, settings.rate_limit_window_seconds),
+                accounts=accounts,
+                enrollment=keys.EnrollmentCipher(secret, settings.previous_server_secrets()),
+                logins=logins,
+            )
+            service = BridgeService(
+                settings, access.endpoint, provisioner, ready=ready, metrics=metrics
+            )
+            probe = _readiness(service, store, metrics)
+            async with contextlib.AsyncExitStack() as stack:
+                if settings.metrics_addr:
+                    await stack.enter_async_context(
+                        health.listening(settings.metrics_addr, metrics, probe)
                     )
-                    if api:
-                        tg.create_task(_run_api(settings, store, stop, None), name="bridge-api")
-                    if accounts is not None:
-                        tg.create_task(accounts.keep_learning(stop), name="bridge-dynsec-logins")
-                    await service.run(stop)
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(
+                            _purge(store, stop, settings.rate_limit_window_seconds),
+                            name="bridge-purge",
+                        )
+                        if api:
+                            tg.create_task(_run_api(settings, store, stop, None), name="bridge-api")
+                        if accounts is not None:
+                            tg.create_task(
+                                accounts.keep_learning(stop), name="bridge-dynsec-logins"
+                            )
+                        try:
+                            await service.run(stop)
+                        finally:
+                            stop.set()  # the purge and the API end with it, whatever ended it
+                except* BridgeError as group:
+                    # One sentence for the operator (e.g. a session taken over), printed by
+                    # the command line as such: not a traceback of the task group.
+                    raise group.exceptions[0] from None
     log.info("stopped", extra={"event": "stopped"})
 
 
@@ -179,8 +197,10 @@ async def _check_schema(store: Store, *, migrate: bool) -> None:
 
 async def _purge(store: Store, stop: asyncio.Event, window_seconds: int) -> None:
     while not stop.is_set():
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=PURGE_EVERY_SECONDS)
+            async with asyncio.timeout(PURGE_EVERY_SECONDS):
+                await stop.wait()
         if stop.is_set():
             return
         try:
@@ -196,17 +216,36 @@ async def _purge(store: Store, stop: asyncio.Event, window_seconds: int) -> None
 def _signals_set(stop: asyncio.Event) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     installed = []
+    deadline: list[threading.Timer] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, _on_signal, stop, sig)
+            loop.add_signal_handler(sig, _on_signal, stop, sig, deadline)
             installed.append(sig)
     try:
         yield
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        for timer in deadline:
+            timer.cancel()  # stopped in time
 
 
-def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+def _on_signal(stop: asyncio.Event, sig: signal.Signals, deadline: list[threading.Timer]) -> None:
     log.info("signal received; stopping", extra={"event": "signal", "signal": sig.name})
     stop.set()
+    if not deadline:
+        # A thread, not a task: it fires even when the event loop itself is stuck.
+        timer = threading.Timer(STOP_DEADLINE_SECONDS, _stop_overdue)
+        timer.daemon = True
+        timer.start()
+        deadline.append(timer)
+
+
+def _stop_overdue() -> None:
+    log.error(
+        "still not stopped %.0f s after the signal; exiting",
+        STOP_DEADLINE_SECONDS,
+        extra={"event": "stop_overdue"},
+    )
+    logging.shutdown()
+    os._exit(1)
