@@ -89,6 +89,9 @@ async def run(admin_url: str, scenario: str, requests: int, clients: int, window
                 window_seconds=86400,
                 claim_required=True,
                 actor="bench",
+                # Guesses carry no public key: plaintext delivery keeps them guesses,
+                # not seal_required refusals (which are not counted as failures).
+                plaintext_keys=True,
             )
             before = await _table_rows(dsn)
             provisioner = Provisioner(

@@ -378,8 +378,9 @@ BEGIN
                 END IF;
             END IF;
             IF v_limited IS NOT NULL THEN
-                v_detail := 'withheld ' || p_code || ': too many failed attempts for this '
-                            || v_limited || ' from all client ids';
+                v_detail := 'withheld ' || p_code || coalesce(' (' || p_detail || ')', '')
+                            || ': too many failed attempts for this ' || v_limited
+                            || ' from all client ids';
             END IF;
         END IF;
     END IF;

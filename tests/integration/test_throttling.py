@@ -304,7 +304,7 @@ async def test_attack_failures_on_a_number_before_its_claim_do_not_lock_the_devi
 ) -> None:
     """20 failures by other client ids on an approved number, then the owner claims
     it: the real device's first activation succeeds."""
-    await admin.add_model("acme", "thermo-1", kind="mac")
+    await admin.add_model("acme", "thermo-1", kind="mac", plaintext_keys=True)
     await admin.approve("acme", "thermo-1", [LEGIT])
     running = await start_bridge(settings)
     try:
@@ -461,7 +461,7 @@ async def test_attack_many_client_ids_share_one_tally_past_the_budget(
 ) -> None:
     """Fresh client ids cannot buy one audit row each: past the budget of client ids
     per code and window, their failures are counted in one row (client id '*')."""
-    await admin.add_model("acme", "thermo-1", kind="mac")
+    await admin.add_model("acme", "thermo-1", kind="mac", plaintext_keys=True)
     async with Store.open(database_url, tally=AuditTally(clients=5)) as store:
         provisioner = Provisioner(
             store,
