@@ -44,8 +44,8 @@ CREATE INDEX devices_client_id ON devices (client_id) WHERE client_id IS NOT NUL
 
 -- Requests of one client id are counted and tallied one after another, so a burst
 -- cannot slip past its limit nor open two tallies; a lock of no row, because a client
--- that never fails has none. Taken first (before any row lock), and again at will:
--- a transaction holds it once however often it asks.
+-- that never fails has none. Taken first (before any row lock); asking again in the
+-- same transaction does not wait.
 CREATE FUNCTION bridge_lock_client(p_client_id text) RETURNS void
 LANGUAGE sql AS $$
     SELECT pg_advisory_xact_lock(1668049252, hashtext(p_client_id))  -- "clid"
