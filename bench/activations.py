@@ -518,7 +518,8 @@ def report(sizes: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"All runs, per second: bridge {spread(runs, 'bridge', 'closed', args.in_flight)}; "
             f"echo {spread(runs, 'echo', 'closed', args.in_flight)}; database ceiling "
             f"{spread(runs, 'db', 'closed', args.db_pool_size)}.",
-            f"Database ceiling ({args.db_pool_size} connections calling bridge_activate_limited): "
+            f"Database ceiling ({args.db_pool_size} connections calling "
+            "bridge_activate_throttled): "
             f"{db['throughput']:.0f}/s, p50 {db['p50_ms']:.1f} ms, p99 {db['p99_ms']:.1f} ms; "
             f"bridge closed loop / database ceiling = {ratio(be['throughput'], db['throughput'])}.",
             f"Bridge peak RSS: {s['bridge_peak_rss_mb']} MB. Table loaded in "

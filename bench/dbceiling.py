@@ -1,6 +1,6 @@
 """The database ceiling: the bridge's own activation statement, pgbench-style.
 
-N asyncpg connections each run ``SELECT * FROM bridge_activate_limited(...)`` back to back on
+N asyncpg connections each run ``SELECT * FROM bridge_activate_throttled(...)`` back to back on
 fresh claimed identifiers, with arguments shaped like the bridge's (a 32-byte key hash,
 a sealed reply of the size the bridge stores), through the same prepared statement
 asyncpg caches for the bridge. Every call is its own transaction and is committed with
@@ -17,9 +17,21 @@ import time
 import asyncpg
 from loadgen import Identifiers, RunResult
 
-# The bridge's own statement: the decision with its attempt counters (the throttle).
-STATEMENT = "SELECT * FROM bridge_activate_limited($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-RATE_LIMIT = (10, 60)  # the bridge's defaults: failures per window, window seconds
+from bridge.records import AuditTally, RateLimit
+from bridge.store import ACTIVATE_STATEMENT as STATEMENT  # the bridge's own statement
+
+# The bridge's defaults: the throttle (client, identifier, model, window), the audit
+# tally (window, client ids), and no device logins (the bench broker gives none).
+_LIMIT, _TALLY = RateLimit(), AuditTally()
+THROTTLE = (
+    _LIMIT.failures,
+    _LIMIT.identifier_failures,
+    _LIMIT.model_failures,
+    _LIMIT.window_seconds,
+    _TALLY.window_seconds,
+    _TALLY.clients,
+    False,
+)
 REPLY_BYTES = 12 + 16 + 170  # nonce + tag + a plain-key reply of protocol v1
 
 
@@ -60,7 +72,7 @@ async def run(
                 key_hash,
                 reply,
                 600,
-                *RATE_LIMIT,
+                *THROTTLE,
             )
             done = time.perf_counter()
             result.completed += 1

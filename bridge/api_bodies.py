@@ -196,6 +196,12 @@ class AuditEntryBody(_Body):
     identifier: str | None
     owner: str | None
     detail: str | None
+    count: int = Field(
+        default=1,
+        description="attempts this entry stands for: repeated device failures are tallied "
+        "per client id, code and window (the fields are the first attempt's)",
+    )
+    last_at: datetime | None = Field(default=None, description="the last attempt of a tally")
 
 
 class AuditList(_Body):

@@ -966,6 +966,8 @@ async def _audit(args: argparse.Namespace) -> int:
                 ("request", e.request_id),
                 ("owner", e.owner),
                 ("by", e.actor),
+                ("count", e.count if e.count > 1 else None),
+                ("last", _when(e.last_at) if e.count > 1 else None),
             )
             if value
         )

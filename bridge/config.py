@@ -124,11 +124,26 @@ class Settings(BaseSettings):
     rate_limit_failures: int = Field(
         default=10,
         ge=1,
-        description="Failed activations allowed per client id and per identifier in one "
-        "window; past it, requests get `rate_limited`.",
+        description="Failed activations allowed per client id in one window; past it, "
+        "every request of that client id gets `rate_limited` (an identical retry still "
+        "gets its stored reply).",
     )
     rate_limit_window_seconds: int = Field(
         default=60, ge=1, description="The window over which failed activations are counted."
+    )
+    rate_limit_identifier_failures: int = Field(
+        default=10,
+        ge=1,
+        description="Failed activations per identifier in one window, from all client ids; "
+        "past it, a request that would fail gets `rate_limited` instead of its reason "
+        "(one that would succeed still succeeds).",
+    )
+    rate_limit_model_failures: int = Field(
+        default=100,
+        ge=1,
+        description="Failed activations per model in one window, from all client ids; past "
+        "it, failures are answered `rate_limited` and logged once per window as guessing "
+        "(metric `bridge_guessing_suspected_total`); successes are never refused.",
     )
     mqtt_ca_file: Path | None = Field(
         default=None,

@@ -49,6 +49,13 @@ class Metrics:
             "Attempts refused with 'rate_limited'.",
             registry=r,
         )
+        self.guessing_suspected = Counter(
+            "bridge_guessing_suspected",
+            "Failed activations answered 'rate_limited' because one identifier or model had "
+            "too many failures from all client ids (someone is guessing its numbers).",
+            ["vendor", "model"],  # registered models only: the store names no others
+            registry=r,
+        )
         self.db_pool = Gauge(
             "bridge_db_pool_connections",
             "Database pool connections: open, in use (open minus idle) and the maximum.",
@@ -102,6 +109,10 @@ class Metrics:
             self.rate_limited.inc()
         elif outcome == "unavailable":
             self.db_errors.inc()
+
+    def guessing(self, vendor: str, model: str) -> None:
+        """Count one failure withheld because a model's numbers are being guessed."""
+        self.guessing_suspected.labels(vendor, model).inc()
 
     def watch_pool(self, stats: PoolStats) -> None:
         """Read the pool's figures at scrape time, so they are never stale."""

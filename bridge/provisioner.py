@@ -3,7 +3,7 @@
 Imports neither aiomqtt nor asyncpg: it is handed a store (anything with the
 methods of :class:`ActivationStore`) and a clock, so it can be reasoned about
 without a broker. The decision itself happens in the database, in one round trip
-(``bridge_activate``); this module prepares the candidate key and reply before
+(``bridge_activate_throttled``); this module prepares the candidate key and reply before
 that round trip and words the outcome after it. One check comes first, in memory:
 a client id that names an operator's broker login is refused (``client_id_reserved``)
 before the database is asked anything (:mod:`bridge.logins`).
@@ -30,7 +30,7 @@ from bridge.errors import (
     Unavailable,
     UnknownModel,
 )
-from bridge.records import ActivationOutcome, AuditEntry, ModelRow, RateLimit
+from bridge.records import ActivationOutcome, AuditEntry, ModelRow, RateLimit, Refusal
 
 log = logging.getLogger("bridge.provisioner")
 
@@ -53,9 +53,10 @@ class ActivationStore(Protocol):
         reply: bytes,
         grace_seconds: int,
         limit: RateLimit,
+        device_logins: bool = False,
     ) -> ActivationOutcome: ...
 
-    async def refuse(self, entry: AuditEntry, limit: RateLimit) -> int | None: ...
+    async def refuse(self, entry: AuditEntry, limit: RateLimit) -> Refusal: ...
 
     async def record(self, entry: AuditEntry) -> None: ...
 
@@ -104,6 +105,7 @@ class Provisioner:
         model_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         enrollment: keys.EnrollmentCipher | None = None,
+        on_guessing: Callable[[str, str], None] | None = None,
     ) -> None:
         self._store = store
         self._limit = limit or RateLimit()
@@ -122,6 +124,11 @@ class Provisioner:
         # (no server secret given) such models refuse every request, never accept one.
         self._enrollment = enrollment
         self._enrollment_keys: dict[tuple[int, int], bytes | None] = {}
+        # Told (e.g. a metric) of every failure answered 'rate_limited' because of
+        # failures from all client ids on one identifier or model: (vendor, model).
+        self._on_guessing = on_guessing
+        # When each model's guessing was last logged: one line per model and window.
+        self._guessing_logged: dict[tuple[str, str], float] = {}
 
     async def activate(self, client_id: str, payload: bytes) -> Reply:
         """Validate, decide and word the reply for one request from ``client_id``."""
@@ -245,8 +252,11 @@ class Provisioner:
             reply=self._cipher.encrypt(body, aad),
             grace_seconds=self._grace,
             limit=self._limit,
+            # A client id is a broker login only where devices get logins.
+            device_logins=self._accounts is not None,
         )
         if outcome.code == "rate_limited":
+            self._guessing(model.vendor, model.model, outcome.limited_by)
             return _rate_limited(rid, outcome.retry_after or 1, canonical)
         if outcome.code == "ok" and outcome.replay is None:
             await self._open_broker_account(client_id, key, outcome.replaced_client_id)
@@ -304,12 +314,14 @@ class Provisioner:
         entry = dataclasses.replace(audit, code=exc.code, detail=detail or exc.message)
         if exc.code in _COUNTED_BEFORE_THE_DATABASE:
             try:
-                retry_after = await self._store.refuse(entry, self._limit)
+                refusal = await self._store.refuse(entry, self._limit)
             except Unavailable:
                 log.warning("refusal not counted: database unavailable (code=%s)", exc.code)
-                retry_after = None
-            if retry_after is not None:
-                return _rate_limited(audit.request_id, retry_after, None)
+                refusal = Refusal()
+            if refusal.retry_after is not None:
+                if audit.vendor is not None and audit.model is not None:
+                    self._guessing(audit.vendor, audit.model, refusal.limited_by)
+                return _rate_limited(audit.request_id, refusal.retry_after, None)
         else:
             await self._audit_quietly(entry)
         body = protocol.error_reply(audit.request_id, exc.code, exc.message)
@@ -373,6 +385,32 @@ class Provisioner:
                 extra={"event": "dynsec_failed", "client_id": client_id, "error": str(exc)},
             )
 
+    def _guessing(self, vendor: str, model: str, limited_by: str | None) -> None:
+        """Tell the operator that a model's numbers are being guessed from many client ids."""
+        if limited_by not in ("identifier", "model"):
+            return  # one client id past its own limit is no news
+        if self._on_guessing is not None:
+            self._on_guessing(vendor, model)
+        now = self._clock()
+        if self._guessing_logged.get((vendor, model), -float("inf")) > now:
+            return
+        if len(self._guessing_logged) > 10_000:  # names of registered models only; bounded
+            self._guessing_logged.clear()
+        self._guessing_logged[(vendor, model)] = now + self._limit.window_seconds
+        log.warning(
+            "guessing suspected: failed activations of %s/%s from many client ids passed "
+            "the %s limit; further failures are answered rate_limited for this window",
+            vendor,
+            model,
+            limited_by,
+            extra={
+                "event": "guessing_suspected",
+                "vendor": vendor,
+                "model": model,
+                "limit": limited_by,
+            },
+        )
+
     async def _audit_quietly(self, entry: AuditEntry) -> None:
         # A refusal decided before the database still gets its answer when the
         # database is down; only its audit line is lost, and that is logged.
@@ -400,10 +438,8 @@ _COUNTED_BEFORE_THE_DATABASE = frozenset({"unknown_model", "invalid_identifier",
 
 
 def _rate_limited(request_id: str | None, retry_after: int, identifier: str | None) -> Reply:
-    message = (
-        "Too many failed activation attempts from this client or for this identifier; "
-        f"retry after {retry_after} seconds."
-    )
+    # The same sentence whichever limit was passed: a guesser learns nothing from it.
+    message = f"Too many failed activation attempts; retry after {retry_after} seconds."
     body = protocol.error_reply(request_id, "rate_limited", message, retry_after)
     return Reply(body, "rate_limited", request_id, identifier)
 
@@ -445,5 +481,10 @@ def _refusal(outcome: ActivationOutcome, model: ModelRow, canonical: str) -> str
         return (
             f"The key of the {what} was revoked; "
             "the device must be re-enabled before it can activate again."
+        )
+    if outcome.code == "client_id_reserved":
+        return (
+            "This client id is the broker login of another device; "
+            "each device must activate with a client id of its own."
         )
     return f"The activation of the {what} was refused ({outcome.code})."

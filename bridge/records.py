@@ -40,14 +40,46 @@ class ActivationOutcome:
     window_ends_at: datetime | None
     retry_after: int | None = None  # set with code "rate_limited"
     replaced_client_id: str | None = None  # a new key replaced the one this client held
+    #: with "rate_limited": the limit passed, "client", or "identifier" / "model" (a
+    #: failure from many client ids, answered without its reason: guessing suspected)
+    limited_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What counting a refusal decided before the database says about the answer."""
+
+    retry_after: int | None = None  # set when the answer becomes "rate_limited"
+    limited_by: str | None = None  # as in ActivationOutcome
 
 
 @dataclass(frozen=True)
 class RateLimit:
-    """At most ``failures`` failed activations per client id and per identifier per window."""
+    """Failed activations allowed per window.
+
+    ``failures`` per client id: past it, the client id gets ``rate_limited`` whatever it
+    asks. ``identifier_failures`` and ``model_failures`` count failures from all client
+    ids: past them, a request that would fail gets ``rate_limited`` instead of its
+    reason, and one that would succeed still succeeds.
+    """
 
     failures: int = 10
     window_seconds: int = 60
+    identifier_failures: int = 10
+    model_failures: int = 100
+
+
+@dataclass(frozen=True)
+class AuditTally:
+    """How device failures are tallied in the audit log (schemas/008).
+
+    One row per (client id, action, code) per ``window_seconds``, with a count; at most
+    ``clients`` such rows per code and window, the rest counted in one row whose client
+    id is ``*``.
+    """
+
+    window_seconds: int = 3600
+    clients: int = 1000
 
 
 @dataclass(frozen=True)
@@ -115,6 +147,10 @@ class AuditRecord:
     identifier: str | None
     owner: str | None
     detail: str | None
+    #: attempts this row stands for: 1, or a tally of repeated device failures
+    #: (the fields are the first one's; ``last_at`` is the time of the last)
+    count: int = 1
+    last_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,16 @@ async def serve(
                 keys.ReplayCipher(secret, settings.previous_server_secrets()),
                 grace_seconds=settings.grace_seconds,
                 retry_after=settings.retry_after_seconds,
-                limit=RateLimit(settings.rate_limit_failures, settings.rate_limit_window_seconds),
+                limit=RateLimit(
+                    settings.rate_limit_failures,
+                    settings.rate_limit_window_seconds,
+                    settings.rate_limit_identifier_failures,
+                    settings.rate_limit_model_failures,
+                ),
                 accounts=accounts,
                 enrollment=keys.EnrollmentCipher(secret, settings.previous_server_secrets()),
                 logins=logins,
+                on_guessing=metrics.guessing,
             )
             service = BridgeService(
                 settings, access.endpoint, provisioner, ready=ready, metrics=metrics

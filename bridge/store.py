@@ -24,12 +24,14 @@ from bridge.records import (
     AuditEntry,
     AuditQuery,
     AuditRecord,
+    AuditTally,
     ClaimOutcome,
     DeviceRow,
     EnrollmentKeyInfo,
     LifecycleOutcome,
     ModelRow,
     RateLimit,
+    Refusal,
     StoredKey,
     UnapproveOutcome,
 )
@@ -181,15 +183,21 @@ def _audit_args(entry: AuditEntry) -> tuple[Any, ...]:
 class Store:
     """A connection pool and the statements the bridge runs on it."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, tally: AuditTally | None = None) -> None:
         self._pool = pool
+        self._tally = tally or AuditTally()
         senders = min(_ACTIVATION_SENDERS, pool.get_max_size())
         self._batcher = _ActivationBatcher(pool, senders=senders)
 
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, dsn: str, *, pool_size: int = 10, eager: bool = True
+        cls,
+        dsn: str,
+        *,
+        pool_size: int = 10,
+        eager: bool = True,
+        tally: AuditTally | None = None,
     ) -> AsyncIterator[Store]:
         """A store on a new pool. ``eager=False`` starts even while the database is down."""
         try:
@@ -209,7 +217,7 @@ class Store:
         except ValueError as exc:  # asyncpg's verdict on a malformed DSN
             raise ConfigError(f"the database URL is invalid: {exc}") from exc
         try:
-            yield cls(pool)
+            yield cls(pool, tally=tally)
         finally:
             with contextlib.suppress(*_UNREACHABLE, asyncpg.InterfaceError):
                 await asyncio.wait_for(pool.close(), timeout=5)
@@ -450,9 +458,12 @@ class Store:
         reply: bytes,
         grace_seconds: int,
         limit: RateLimit,
+        device_logins: bool = False,
     ) -> ActivationOutcome:
-        """Decide one activation, throttled (bridge_activate_limited), batched under load.
+        """Decide one activation, throttled (bridge_activate_throttled), batched under load.
 
+        With ``device_logins`` (devices get broker logins named by their client id), a
+        client id that is another device's login is refused (``client_id_reserved``).
         Alone, this is one round trip. When every sender is busy, the activations that
         wait are sent together (:class:`_ActivationBatcher`).
         """
@@ -467,30 +478,56 @@ class Store:
             reply,
             grace_seconds,
             limit.failures,
+            limit.identifier_failures,
+            limit.model_failures,
             limit.window_seconds,
+            self._tally.window_seconds,
+            self._tally.clients,
+            device_logins,
         )
         return await self._batcher.submit(args)
 
-    async def refuse(self, entry: AuditEntry, limit: RateLimit) -> int | None:
-        """Count a refusal decided before the database against its client id, and audit it.
+    async def refuse(self, entry: AuditEntry, limit: RateLimit) -> Refusal:
+        """Count a refusal decided before the database and audit it, in one round trip.
 
-        Returns retry_after when the client is past the limit (it gets ``rate_limited``).
+        It counts against the client id, and against the model and the identifier when
+        the entry names them. ``retry_after`` is set when the answer becomes
+        ``rate_limited`` instead (``limited_by`` says which limit).
         """
         async with _reachable():
-            retry_after: int | None = await self._pool.fetchval(
-                "SELECT bridge_refuse($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            row = await self._pool.fetchrow(
+                "SELECT * FROM bridge_refuse_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+                " $10, $11, $12, $13, $14, $15, $16)",
                 limit.failures,
+                limit.identifier_failures,
+                limit.model_failures,
                 limit.window_seconds,
+                self._tally.window_seconds,
+                self._tally.clients,
                 # Every audit column but owner: a refusal decided before the database
                 # names no device, so it has no owner to record.
                 *_audit_args(entry)[:-1],
             )
-        return retry_after
+        assert row is not None  # the function always returns one row
+        return Refusal(row["retry_after"], row["limited_by"])
 
     async def record(self, entry: AuditEntry) -> None:
-        """Append one audit entry on its own (for outcomes decided before the database)."""
+        """Audit an outcome decided before the database (not counted by the throttle).
+
+        A device's failure is tallied (one row per client id, code and window, with a
+        count: schemas/008), so anonymous input cannot grow the log without bound;
+        anything else is one row.
+        """
         async with _reachable():
-            await self._pool.execute(_AUDIT_INSERT, *_audit_args(entry))
+            if entry.actor == "device" and entry.action == "activate" and entry.code != "ok":
+                await self._pool.execute(
+                    "SELECT bridge_tally($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    self._tally.window_seconds,
+                    self._tally.clients,
+                    *_audit_args(entry)[:-1],
+                )
+            else:
+                await self._pool.execute(_AUDIT_INSERT, *_audit_args(entry))
 
     async def purge_replies(self) -> int:
         """Forget replies past their grace period; returns how many."""
@@ -499,12 +536,16 @@ class Store:
         return int(status.split()[-1])
 
     async def purge_attempts(self, window_seconds: int) -> int:
-        """Forget attempt counters whose window has closed; returns how many."""
+        """Forget attempt counters whose window has closed; returns how many.
+
+        Tally budgets (scope ``tally``) run over the audit tally's window instead.
+        """
         async with _reachable():
             status = await self._pool.execute(
-                "DELETE FROM attempt_counters "
-                "WHERE window_start + make_interval(secs => $1) <= now()",
+                "DELETE FROM attempt_counters WHERE window_start + make_interval(secs => "
+                "CASE WHEN scope = 'tally' THEN $2::integer ELSE $1::integer END) <= now()",
                 window_seconds,
+                self._tally.window_seconds,
             )
         return int(status.split()[-1])
 
@@ -1134,7 +1175,8 @@ class Store:
             where.append("code <> 'ok'")  # lets the planner prove the partial index applies
         args.append(query.limit)
         sql = f"""SELECT id, at, action, code, actor, client_id, request_id, vendor, model,
-                         identifier_presented, identifier, owner, detail
+                         identifier_presented, identifier, owner, detail,
+                         1 + repeats AS count, last_at
                     FROM audit_log
                    {"WHERE " + " AND ".join(where) if where else ""}
                    ORDER BY at DESC, id DESC
@@ -1239,22 +1281,30 @@ async def _audit(
     await conn.execute(_AUDIT_INSERT, *_audit_args(entry))
 
 
-_ACTIVATE_ONE = (
-    "SELECT * FROM bridge_activate_limited($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+#: The bridge's activation statement (bench/dbceiling.py runs it as it is).
+ACTIVATE_STATEMENT = (
+    "SELECT * FROM bridge_activate_throttled"
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 )
 # Several activations in one statement: one round trip and one commit for all of them.
 # Rows are passed sorted by device, so two batches lock devices in the same order and
 # cannot deadlock; a device twice in one batch is decided twice in order, exactly as
 # two requests one after the other (the second sees the first's key).
 _ACTIVATE_MANY = """
-SELECT r.n, a.code, a.replay, a.window_ends_at, a.retry_after, a.replaced_client_id
+SELECT r.n, a.code, a.replay, a.window_ends_at, a.retry_after, a.replaced_client_id,
+       a.limited_by
   FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-              $7::bytea[], $8::bytea[], $9::integer[], $10::integer[], $11::integer[])
+              $7::bytea[], $8::bytea[], $9::integer[], $10::integer[], $11::integer[],
+              $12::integer[], $13::integer[], $14::integer[], $15::integer[],
+              $16::boolean[])
        WITH ORDINALITY AS r(client_id, request_id, model_id, identifier, presented,
-                            key_id, key_hash, reply, grace, lim, win, n)
- CROSS JOIN LATERAL bridge_activate_limited(r.client_id, r.request_id, r.model_id,
-                                            r.identifier, r.presented, r.key_id, r.key_hash,
-                                            r.reply, r.grace, r.lim, r.win) AS a
+                            key_id, key_hash, reply, grace, lim, id_lim, model_lim, win,
+                            tally_win, tally_clients, logins, n)
+ CROSS JOIN LATERAL bridge_activate_throttled(r.client_id, r.request_id, r.model_id,
+                                              r.identifier, r.presented, r.key_id,
+                                              r.key_hash, r.reply, r.grace, r.lim, r.id_lim,
+                                              r.model_lim, r.win, r.tally_win,
+                                              r.tally_clients, r.logins) AS a
  ORDER BY r.n
 """
 _BATCH_MAX = 32
@@ -1267,7 +1317,9 @@ _DEADLOCK_RETRIES = 3
 # a larger database server either.
 _ACTIVATION_SENDERS = 2
 
-_ActivationArgs = tuple[str, str, int, str, str, str, bytes, bytes, int, int, int]
+_ActivationArgs = tuple[
+    str, str, int, str, str, str, bytes, bytes, int, int, int, int, int, int, int, bool
+]
 
 
 class _ActivationBatcher:
@@ -1324,24 +1376,31 @@ class _ActivationBatcher:
             self._active -= 1
 
     async def _decide(self, batch: list[_ActivationArgs]) -> list[ActivationOutcome]:
-        for attempt in range(_DEADLOCK_RETRIES):
+        if len(batch) > 1:
             try:
-                if len(batch) == 1:
-                    return [await self._decide_one(batch[0])]
                 return await self._decide_many(batch)
             except asyncpg.DeadlockDetectedError:
-                # Each activation locks its attempt counters, then its device. Two
-                # batches holding the same client id in different orders can deadlock;
+                # Each activation locks its client id (an advisory lock) and its device,
+                # then, when it fails, the counters of its identifier and model. A batch
+                # holds what its first rows locked while its later rows wait, so two
+                # batches (or a batch and a single activation) can wait on each other.
                 # PostgreSQL then rolls one back whole, so deciding again is safe: one
                 # by one, where no batch order is involved.
-                if len(batch) > 1:
-                    return [await self._decide_one(args) for args in batch]
+                pass
+        return [await self._decide_alone(args) for args in batch]
+
+    async def _decide_alone(self, args: _ActivationArgs) -> ActivationOutcome:
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                return await self._decide_one(args)
+            except asyncpg.DeadlockDetectedError:
+                # Alone, it can still meet a batch that holds what it needs.
                 await asyncio.sleep(0.01 * (attempt + 1))
-        return [await self._decide_one(batch[0])]
+        return await self._decide_one(args)
 
     async def _decide_one(self, args: _ActivationArgs) -> ActivationOutcome:
         async with _reachable():
-            row = await self._pool.fetchrow(_ACTIVATE_ONE, *args)
+            row = await self._pool.fetchrow(ACTIVATE_STATEMENT, *args)
         assert row is not None  # the function always returns one row
         return _outcome(row)
 
@@ -1366,4 +1425,5 @@ def _outcome(row: Any) -> ActivationOutcome:
         row["window_ends_at"],
         row["retry_after"],
         row["replaced_client_id"],
+        row["limited_by"],
     )

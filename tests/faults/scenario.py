@@ -242,9 +242,9 @@ async def _measure(report: ChaosReport, fleet: list[Device], url: str) -> None:
                 WHERE (d.state = 'activated')
                       <> (SELECT count(*) = 1 FROM replies r WHERE r.device_id = d.id)"""
         )
-        report.replays = await conn.fetchval(
-            "SELECT count(*) FROM audit_log WHERE action = 'activate' AND code = 'ok' "
-            "AND detail IS NOT NULL"
+        report.replays = await conn.fetchval(  # tallied per client id (schemas/008)
+            "SELECT coalesce(sum(1 + repeats), 0) FROM audit_log "
+            "WHERE action = 'activate' AND code = 'ok' AND detail IS NOT NULL"
         )
     finally:
         await conn.close()

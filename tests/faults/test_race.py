@@ -60,7 +60,11 @@ async def test_hundred_clients_one_identifier_three_bridges_exactly_one_ok(
             prefix=prefix,
             # 99 honest losers on one identifier are not guessers: keep them under the
             # throttle so every answer is the decision itself (test_throttling covers it).
-            extra_env={"BRIDGE_RATE_LIMIT_FAILURES": "1000"},
+            extra_env={
+                "BRIDGE_RATE_LIMIT_FAILURES": "1000",
+                "BRIDGE_RATE_LIMIT_IDENTIFIER_FAILURES": "1000",
+                "BRIDGE_RATE_LIMIT_MODEL_FAILURES": "1000",
+            },
         ) as replicas,
         AsyncExitStack() as stack,
     ):

@@ -127,7 +127,9 @@ async def test_twenty_racing_clients_yield_exactly_one_ok(admin: Admin, settings
     await _claimed(admin)
     # 19 failures on one identifier would cross the default throttle (10): raise it,
     # the race is what this test is about.
-    settings = settings.model_copy(update={"rate_limit_failures": 100})
+    settings = settings.model_copy(
+        update={"rate_limit_failures": 100, "rate_limit_identifier_failures": 100}
+    )
     running = await start_bridge(settings)
     try:
         results = await asyncio.gather(

@@ -61,7 +61,9 @@ async def _activate(store: Store, model_id: int, identifier: str, client: str) -
         reply=os.urandom(64),
         grace_seconds=600,
         # Far above what these tests fail: they are about batching, not throttling.
-        limit=RateLimit(failures=10_000, window_seconds=60),
+        limit=RateLimit(
+            failures=10_000, window_seconds=60, identifier_failures=10_000, model_failures=10_000
+        ),
     )
     return outcome.code
 
@@ -91,8 +93,12 @@ async def test_overlapping_batches_on_several_connections_do_not_deadlock(
 ) -> None:
     model_id, serials = await _claimed_serials(admin, 24)
     async with Store.open(database_url, pool_size=8) as store:
-        # Every device requested by sixteen clients, in a different order each time.
-        requests = [(s, f"c{n}") for n in range(16) for s in random.sample(serials, len(serials))]
+        # Every device requested by sixteen clients, in a different order each time. A
+        # client id is one device's (its broker login): a second device activated with
+        # it would be client_id_reserved, so each requester uses one per device.
+        requests = [
+            (s, f"c{n}-{s}") for n in range(16) for s in random.sample(serials, len(serials))
+        ]
         async with asyncio.timeout(30):
             codes = await asyncio.gather(*(_activate(store, model_id, i, c) for i, c in requests))
     oks = Counter(i for (i, _), code in zip(requests, codes, strict=True) if code == "ok")
