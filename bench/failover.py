@@ -29,7 +29,7 @@ import os
 
 from tests import services
 from tests.ha.cluster import PatroniCluster
-from tests.ha.scenario import run_failover
+from tests.ha.scenario import run_failover, run_without_standby
 
 
 async def main() -> int:
@@ -39,6 +39,9 @@ async def main() -> int:
     parser.add_argument("--workers", type=int, default=8, help="devices activating at once")
     parser.add_argument("--latency-rounds", type=int, default=3)
     parser.add_argument("--latency-per-round", type=int, default=40)
+    parser.add_argument(
+        "--no-standby", action="store_true", help="then lose every standby at once, and report"
+    )
     args = parser.parse_args()
     logging.getLogger("mqtt").setLevel(logging.WARNING)
     logging.getLogger("bridge").setLevel(logging.ERROR)
@@ -63,11 +66,18 @@ async def main() -> int:
                 latency_per_round=args.latency_per_round,
                 log=print,
             )
+            lost_all = []
+            if args.no_standby:
+                lost_all = await run_without_standby(cluster, mqtt_url, log=print)
     finally:
         await asyncio.to_thread(cluster.close)
     print()
     for line in report.lines():
         print(line)
+    if lost_all:
+        print("\nevery standby lost at once:")
+        for line in lost_all:
+            print("  " + line)
     return 0 if report.forgotten == 0 and report.duplicates == 0 else 1
 
 

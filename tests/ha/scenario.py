@@ -68,7 +68,9 @@ class Device:
     latency: float | None = None
 
 
-async def activate_once(device: Device, endpoint: Any, prefix: str) -> dict[str, Any] | None:
+async def activate_once(
+    device: Device, endpoint: Any, prefix: str, timeout: float = ATTEMPT_TIMEOUT
+) -> dict[str, Any] | None:
     """One attempt: publish the request, wait for its reply; None on a timeout."""
     public = device.private.public_key().public_bytes_raw()
     request = {
@@ -82,7 +84,7 @@ async def activate_once(device: Device, endpoint: Any, prefix: str) -> dict[str,
     device.attempts += 1
     try:
         async with (
-            asyncio.timeout(ATTEMPT_TIMEOUT),
+            asyncio.timeout(timeout),
             mqtt.connect(endpoint, device.client_id, persistent=False) as link,
         ):
             client = link.client
@@ -177,6 +179,8 @@ class FailoverReport:
     new_primary: str = ""
     latency_sync: Latency = field(default_factory=Latency)
     latency_async: Latency = field(default_factory=Latency)
+    commit_sync: Latency = field(default_factory=Latency)  # one-row INSERT, autocommit
+    commit_async: Latency = field(default_factory=Latency)
     timeline: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -205,6 +209,8 @@ class FailoverReport:
             f"new primary              {self.new_primary}",
             f"time to key, sync on     {self.latency_sync.line()}",
             f"time to key, sync off    {self.latency_async.line()}",
+            f"commit, sync on          {self.commit_sync.line()}",
+            f"commit, sync off         {self.commit_async.line()}",
             f"wall time                {self.seconds:.1f} s",
         ]
 
@@ -311,15 +317,28 @@ async def run_failover(
             else "bridge up"
         )
         # -- the cost of synchronous replication, side by side ------------------------
-        for _round in range(latency_rounds):
-            for sync in (True, False):
-                await asyncio.to_thread(cluster.set_synchronous, sync)
-                target = report.latency_sync if sync else report.latency_async
-                for _ in range(latency_per_round):
-                    device = new_device()
-                    await activate_until_answered(device, endpoint, prefix, time.monotonic() + 30)
-                    if device.latency is not None:
-                        target.samples.append(device.latency)
+        probe = await asyncpg.connect(cluster.dsn(DATABASE))
+        try:
+            await probe.execute("CREATE TABLE ha_probe (at timestamptz DEFAULT now())")
+            for _round in range(latency_rounds):
+                for sync in (True, False):
+                    await asyncio.to_thread(cluster.set_synchronous, sync)
+                    target = report.latency_sync if sync else report.latency_async
+                    for _ in range(latency_per_round):
+                        device = new_device()
+                        await activate_until_answered(
+                            device, endpoint, prefix, time.monotonic() + 30
+                        )
+                        if device.latency is not None:
+                            target.samples.append(device.latency)
+                    # The replication round trip alone, without MQTT and the bridge.
+                    commits = report.commit_sync if sync else report.commit_async
+                    for _ in range(latency_per_round):
+                        began = time.perf_counter()
+                        await probe.execute("INSERT INTO ha_probe DEFAULT VALUES")
+                        commits.samples.append(time.perf_counter() - began)
+        finally:
+            await probe.close()
         await asyncio.to_thread(cluster.set_synchronous, True)
         note("latency measured; synchronous replication on")
 
@@ -405,3 +424,79 @@ async def run_failover(
     report.seconds = time.monotonic() - started
     note("verified")
     return report
+
+
+async def run_without_standby(
+    cluster: PatroniCluster, mqtt_url: str, *, log: Callable[[str], None] = lambda _: None
+) -> list[str]:
+    """Every standby lost at once: what a device is answered, and where its key lives.
+
+    Run after :func:`run_failover` on the same cluster. Returns lines for the report.
+    """
+    started = time.monotonic()
+    lines: list[str] = []
+
+    def note(what: str) -> None:
+        line = f"t={time.monotonic() - started:6.1f}s {what}"
+        lines.append(line)
+        log(line)
+
+    identifier = mac_of(0xFFFFF0)
+    settings = Settings(
+        database_url=cluster.dsn(DATABASE),
+        mqtt_url=mqtt_url,
+        topic_prefix=f"ha-{secrets.token_hex(4)}/provision",
+        secret=SECRET,
+        client_id=f"bridge-ha-{secrets.token_hex(4)}",
+        retry_after_seconds=RETRY_AFTER,
+        state_dir=Path("/nonexistent-state-dir-ha"),
+    )
+    async with Admin.connect(settings, actor="ha") as admin:
+        await admin.approve(VENDOR, MODEL, [identifier])
+    primary = await asyncio.to_thread(cluster.wait_primary, 30.0)
+    standbys = [n for n in cluster.nodes if n is not primary]
+    endpoint = parse_mqtt_url(mqtt_url)
+    bridge = await start_bridge(settings)
+    try:
+        for node in standbys:
+            await asyncio.to_thread(node.crash)
+        note(f"SIGKILL every standby ({', '.join(n.name for n in standbys)})")
+        device = Device(identifier)
+        began = time.monotonic()
+        reply = await activate_once(device, endpoint, settings.topic_prefix, timeout=40.0)
+        code = "no reply" if reply is None else reply.get("code", reply.get("status"))
+        note(f"first attempt answered {code!r} after {time.monotonic() - began:.1f} s")
+        conn = await asyncpg.connect(cluster.node_dsn(primary, DATABASE))
+        try:
+            state = await conn.fetchval(
+                "SELECT state FROM devices WHERE identifier = $1", identifier
+            )
+        finally:
+            await conn.close()
+        note(f"on the primary the device is now {state!r}")
+        began = time.monotonic()
+        reply = await activate_once(device, endpoint, settings.topic_prefix, timeout=40.0)
+        code = "no reply" if reply is None else reply.get("code", reply.get("status"))
+        note(
+            f"the retry (same request id) answered {code!r} after {time.monotonic() - began:.1f} s"
+        )
+        for node in standbys:
+            await asyncio.to_thread(node.start)
+        await asyncio.to_thread(cluster.wait_members, len(cluster.nodes), 90.0, sync=True)
+        note("standbys back; one is the synchronous standby again")
+        began = time.monotonic()
+        reply = await activate_once(device, endpoint, settings.topic_prefix, timeout=40.0)
+        code = "no reply" if reply is None else reply.get("code", reply.get("status"))
+        note(f"the next retry answered {code!r} after {time.monotonic() - began:.1f} s")
+    finally:
+        await bridge.halt()
+    for node in standbys:
+        await _wait_replayed(
+            cluster.node_dsn(node, DATABASE), cluster.node_dsn(primary, DATABASE), 30.0
+        )
+        forgotten, _ = await _verify(cluster.node_dsn(node, DATABASE), [device])
+        note(
+            f"{node.name}: of the device's {len(device.keys)} key(s), "
+            f"{forgotten} unknown to this standby"
+        )
+    return lines
