@@ -42,6 +42,8 @@ _IMPORT_LOCK = 0x6272_6964  # with a model id: bulk imports into one model take 
 _MIGRATION_LOCK = 0x6272_6964_6765  # "bridge": one advisory lock id for migrations
 _MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
 _STATEMENT_CACHE_SIZE = 100  # asyncpg's default, kept unless a pooler is in front
+_CONNECT_TIMEOUT = 10.0  # seconds to open a connection, shared among a DSN's hosts
+_MIN_HOST_TIMEOUT = 2.0
 
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -83,6 +85,40 @@ def _pooler_options(dsn: str) -> tuple[str, int]:
     rest = urlencode([(name, value) for name, value in query if name != "pgbouncer"])
     behind = flags[-1].lower() in ("true", "1", "on", "yes")
     return urlunsplit(parts._replace(query=rest)), 0 if behind else _STATEMENT_CACHE_SIZE
+
+
+def _one_dsn_per_host(dsn: str) -> list[str]:
+    """The hosts of a multi-host DSN (``host1:port1,host2:port2``), each as a DSN of its own."""
+    parts = urlsplit(dsn)
+    login, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return [dsn]
+    return [urlunsplit(parts._replace(netloc=f"{login}{at}{host}")) for host in hosts.split(",")]
+
+
+def _connect_to_each(hosts: list[str], timeout: float) -> Any:
+    """A connect function for the pool that gives each host its own share of ``timeout``.
+
+    asyncpg spends one timeout on all the hosts of a DSN, in order. On a network, a host
+    that is gone swallows packets instead of refusing, so a dead first host would use up
+    the whole timeout and the primary behind it would never be reached: after a failover
+    the bridge could not open a single connection while the old primary is away.
+    libpq applies its connect timeout to each host; so does this.
+    """
+    per_host = max(_MIN_HOST_TIMEOUT, timeout / len(hosts))
+
+    async def connect(dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
+        kwargs["timeout"] = per_host
+        failure: BaseException | None = None
+        for host in hosts:
+            try:
+                return await asyncpg.connect(host, **kwargs)
+            except _UNREACHABLE as exc:  # refused, silent, a standby, starting up
+                failure = exc
+        assert failure is not None  # at least one host was tried
+        raise failure
+
+    return connect
 
 
 @contextlib.asynccontextmanager
@@ -196,6 +232,7 @@ class Store:
         """A store on a new pool. ``eager=False`` starts even while the database is down."""
         try:
             dsn, statement_cache_size = _pooler_options(dsn)
+            hosts = _one_dsn_per_host(dsn)
             async with _reachable():
                 pool = await asyncpg.create_pool(
                     dsn,
@@ -203,8 +240,9 @@ class Store:
                     min_size=1 if eager else 0,
                     max_size=pool_size,
                     command_timeout=15,
-                    timeout=10,
+                    timeout=_CONNECT_TIMEOUT,
                     reset=_keep_session,
+                    connect=_connect_to_each(hosts, _CONNECT_TIMEOUT) if len(hosts) > 1 else None,
                 )
         except asyncpg.InvalidCatalogNameError as exc:
             raise ConfigError(f"the database does not exist: {exc}") from exc
