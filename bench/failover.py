@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import platform
 import sys
@@ -64,11 +65,13 @@ async def main() -> int:
                 workers=args.workers,
                 latency_rounds=args.latency_rounds,
                 latency_per_round=args.latency_per_round,
-                log=print,
+                log=functools.partial(print, flush=True),
             )
             lost_all = []
             if args.no_standby:
-                lost_all = await run_without_standby(cluster, mqtt_url, log=print)
+                lost_all = await run_without_standby(
+                    cluster, mqtt_url, log=functools.partial(print, flush=True)
+                )
     finally:
         await asyncio.to_thread(cluster.close)
     print()

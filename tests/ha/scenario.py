@@ -370,7 +370,15 @@ async def run_failover(
         report.failover_seconds = promoted_at - killed_at
         report.new_primary = successor.name
         note(f"{successor.name} is the leader")
-        await asyncio.wait_for(flowing.wait(), timeout=60)
+        waiting = asyncio.create_task(flowing.wait(), name="ha-keys-flowing")
+        await asyncio.wait({waiting, bridge.task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if bridge.task.done():
+            raise RuntimeError("the bridge stopped during the failover") from (
+                bridge.task.exception() if not bridge.task.cancelled() else None
+            )
+        if not flowing.is_set():
+            raise TimeoutError("no key was delivered within 60 s of the promotion")
         report.keys_after_promotion = time.monotonic() - promoted_at
         note("keys delivered again")
         await asyncio.sleep(after_failover)
