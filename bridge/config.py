@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         default=None,
         description="PostgreSQL URL (`postgresql://user:pass@host:port/db`). "
-        "Unset: an embedded PostgreSQL under the state directory.",
+        "Unset: an embedded PostgreSQL under the state directory. Several hosts with "
+        "`?target_session_attrs=read-write` follow a failover; add `pgbouncer=true` "
+        "behind pgbouncer in transaction pooling mode (docs/ha.md).",
     )
     mqtt_url: SecretStr | None = Field(
         default=None,

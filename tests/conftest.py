@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -19,6 +20,26 @@ from tests.helpers import RunningBridge, start_bridge
 
 #: Random per run: a secret written in the repository is refused by `serve` (config.py).
 TEST_SECRET = "test-secret-" + secrets.token_urlsafe(32)
+HA_SUITE = Path(__file__).resolve().parent / "ha"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--ha",
+        action="store_true",
+        help="run the failover suite (tests/ha): Debian's postgresql, patroni, etcd-server "
+        "and pgbouncer; a separate, longer CI step",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (visibly: "N deselected") the failover suite unless --ha is given."""
+    if config.getoption("--ha"):
+        return
+    ha = [item for item in items if HA_SUITE in item.path.parents]
+    if ha:
+        config.hook.pytest_deselected(items=ha)
+        items[:] = [item for item in items if item not in ha]
 
 
 def _with_database(url: str, name: str) -> str:
