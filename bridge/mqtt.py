@@ -37,6 +37,11 @@ log = logging.getLogger("bridge.mqtt")
 #: Every broker failure aiomqtt raises, for modules that must not import aiomqtt.
 MqttError = aiomqtt.MqttError
 
+#: The largest packet the bridge accepts on its request connection: a request's payload
+#: (at most 4096 bytes by the protocol) with its topic and a little room for properties
+#: such as Correlation Data. Larger requests never reach the bridge (no reply).
+REQUEST_PACKET_LIMIT = 6144
+
 #: How long the broker keeps the bridge's session (subscriptions, queued requests) while
 #: it is away: a day covers a restart, a deploy or a long outage.
 SESSION_EXPIRY_SECONDS = 86_400
@@ -73,6 +78,12 @@ def client(
                 properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
             if manual_ack:
                 properties.ReceiveMaximum = max_inflight
+                # The broker drops what is larger instead of sending it (MQTT 5 Maximum
+                # Packet Size): paho decodes a request's properties before anyone can look
+                # at them, at about 9 µs per user property, so one packet of megabytes of
+                # tiny properties would hold the event loop for minutes, and again on each
+                # redelivery.
+                properties.MaximumPacketSize = REQUEST_PACKET_LIMIT
         session = {
             "protocol": aiomqtt.ProtocolVersion.V5,
             "clean_start": not persistent,

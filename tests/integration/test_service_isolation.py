@@ -21,6 +21,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from bridge import keys, mqtt, protocol
 from bridge.admin import Admin
@@ -323,3 +325,36 @@ async def test_attack_retained_requests_are_answered_once_never_replayed(
         for client_id in ("early", "watch"):
             await watch.publish(protocol.activate_topic(prefix, client_id), b"", retain=True)
     assert [r["request_id"] for r in seen] == ["live"], seen
+
+
+async def test_attack_a_request_packed_with_user_properties_never_reaches_the_bridge(
+    admin: Admin, settings: Settings
+) -> None:
+    """paho decodes every user property of a request before anyone can look at it (about
+    9 µs each): one packet of 2 MB of tiny properties held the loop for minutes, again on
+    every redelivery. The bridge's Maximum Packet Size makes the broker drop it instead."""
+    await _model(admin, [GOOD])
+    endpoint = _endpoint(settings)
+    prefix = settings.topic_prefix
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.UserProperty = [("a", "b")] * 120_000
+    running = await start_bridge(settings)
+    try:
+        # The bridge runs in this test's loop: a stalled decode stalls the test's clock
+        # too, so the whole exchange is timed, from before the flood to the answer.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with mqtt.client(endpoint, "props-flood", persistent=False) as flood:
+            await flood.publish(
+                protocol.activate_topic(prefix, "props-flood"),
+                _request(GOOD, "flood"),
+                qos=1,
+                properties=props,
+                timeout=30,
+            )
+            good = await activate(settings, GOOD, model="iso-1", seal=True, timeout=10.0)
+        assert good.ok, good.reply
+        assert loop.time() - started < 6.0
+        assert running.ready.is_set()
+    finally:
+        await running.halt()
