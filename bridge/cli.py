@@ -735,6 +735,7 @@ async def _model_add(args: argparse.Namespace) -> int:
             pattern=args.pattern,
             window_seconds=args.window,
             claim_required=not args.no_claim,
+            plaintext_keys=args.plaintext_keys,
         )
     claim = "claim required" if row.claim_required else "no claim needed"
     window = f"window {row.window_seconds}s"

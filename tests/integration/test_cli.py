@@ -231,3 +231,25 @@ async def test_migrate_is_safe_twice_and_from_two_processes(
     conn = await asyncpg.connect(postgres_url)
     await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await conn.close()
+
+
+async def test_plaintext_keys_from_the_cli_grant_a_plaintext_activation(
+    settings: Settings, bridge: RunningBridge
+) -> None:
+    """`model add --plaintext-keys` was accepted and ignored (found by the red team)."""
+    env = _env(settings)
+    added = await bridge_cli(
+        env, "model", "add", "acme", "plain-1", "--kind", "mac", "--no-claim", "--plaintext-keys"
+    )
+    assert added.returncode == 0, added.stderr
+    assert "keys sealed or plaintext" in added.stdout
+    approved = await bridge_cli(env, "approve", "acme", "plain-1", "00:1A:2B:3C:4D:5F")
+    assert approved.returncode == 0, approved.stderr
+    run = await bridge_cli(
+        env,
+        "activate",
+        *("--vendor", "acme", "--model", "plain-1", "--identifier", "001A2B3C4D5F"),
+        "--plaintext",
+    )
+    assert run.returncode == 0, run.stderr
+    assert "was sealed" not in run.stdout
