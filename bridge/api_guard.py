@@ -9,9 +9,11 @@ An ASGI middleware around the API (:mod:`bridge.api` installs it):
 - a request under ``/v1/`` is authenticated (``gate``) before its body is read,
   so a request without a valid token costs a header and a token lookup, never
   the reading or parsing of its body;
-- at most ``max_bodies`` requests with a body are read and handled at once
-  (503 ``unavailable`` with Retry-After beyond), so memory for bodies and
-  their parsed form is bounded however many connections send them;
+- at most ``max_bodies`` authenticated requests with a body are read and
+  handled at once (503 ``unavailable`` with Retry-After beyond), so memory for
+  bodies and their parsed form is bounded however many connections send them;
+  a body must arrive within ``BODY_SECONDS``, and only ``/v1/`` reads bodies,
+  so nobody without a token can hold a slot;
 - every response, errors and the OpenAPI document included, carries the
   security headers: no sniffing, no framing, no referrer, no caching of API
   answers, and a Content-Security-Policy that lets the owner page load only
@@ -20,6 +22,7 @@ An ASGI middleware around the API (:mod:`bridge.api` installs it):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -27,7 +30,11 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge.errors import BridgeError, TooLarge, Unavailable
+from bridge.errors import BridgeError, Malformed, TooLarge, Unavailable
+
+#: How long a request's body may take to arrive: a body trickled in a byte at a time
+#: would otherwise hold one of the few body slots for as long as its sender likes.
+BODY_SECONDS: Final = 10.0
 
 #: Authenticates a request from its headers (``scope``), before its body is
 #: read; raises a BridgeError (401, 503) to refuse it.
@@ -144,8 +151,11 @@ class RequestGuard:
         declared = _content_length(headers)
         if declared is not None and declared > self._limit:
             raise self._too_large()
-        if scope["path"].startswith("/v1/"):
-            await self._gate(scope)
+        if not scope["path"].startswith("/v1/"):
+            # Only the API takes bodies: elsewhere (the page, its files, unknown paths)
+            # nothing reads one, so a stranger's slow body holds no slot.
+            return receive
+        await self._gate(scope)
         if not declared and "transfer-encoding" not in headers:
             return receive  # no body: nothing to read or count
         if self._bodies >= self._max_bodies:
@@ -156,7 +166,14 @@ class RequestGuard:
             )
         self._bodies += 1  # released by __call__ when the request is answered
         try:
-            return await self._read(receive)
+            async with asyncio.timeout(BODY_SECONDS):
+                return await self._read(receive)
+        except TimeoutError:
+            self._bodies -= 1
+            raise Malformed(
+                f"The request body did not arrive within {BODY_SECONDS:g} seconds; "
+                "send it at once."
+            ) from None
         except BaseException:
             self._bodies -= 1
             raise

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from bridge import api_guard
 from bridge.admin import Admin
 from bridge.config import Settings
 from bridge.tokens import create_token
@@ -274,3 +275,42 @@ async def test_attack_many_slow_bodies_at_once_are_bounded(admin: Admin, server:
             headers={"Authorization": f"Bearer {token}"},
         )
     assert made.status_code == 201, made.text
+
+
+async def test_attack_strangers_slow_bodies_hold_no_slot(admin: Admin, server: ApiServer) -> None:
+    """Found by the red team: 32 connections trickling a body to a path outside /v1/ (no
+    token needed) took every body slot, and an owner's claim got 503 for as long as they
+    stayed open. A token holder's trickled body is cut after the body deadline."""
+    token = await _token(admin)
+    held: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(40):
+            _reader, writer = await _open(server)
+            writer.write(
+                b"POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{"
+            )
+            await writer.drain()
+            held.append(writer)
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            made = await http.post(
+                "/v1/models",
+                json={"model": "m2", "kind": "mac"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        assert made.status_code == 201, made.text
+        # With a token, a body that never finishes is refused after the deadline.
+        reader, writer = await _open(server)
+        writer.write(_head("/v1/models", token, "Content-Length: 1000") + b'{"model": ')
+        await writer.drain()
+        answer = b""
+        async with asyncio.timeout(api_guard.BODY_SECONDS + 10):
+            while b"did not arrive within" not in answer:
+                chunk = await reader.read(4096)
+                assert chunk, answer
+                answer += chunk
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 422"), answer[:200]
+    finally:
+        for writer in held:
+            writer.close()
