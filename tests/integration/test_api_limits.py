@@ -314,3 +314,20 @@ async def test_attack_strangers_slow_bodies_hold_no_slot(admin: Admin, server: A
     finally:
         for writer in held:
             writer.close()
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", " ", "m\u202e", "x\u200by", " lead"])
+async def test_attack_model_names_that_cannot_be_addressed_or_mislead_are_refused(
+    admin: Admin, server: ApiServer, name: str
+) -> None:
+    """Found by the red team: a vendor could register `a/b` (no API path reaches it) or a
+    name with a right-to-left override (displayed reversed everywhere)."""
+    token = await _token(admin)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        made = await http.post(
+            "/v1/models",
+            json={"model": name, "kind": "mac"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert made.status_code in (400, 422), made.text
+    assert made.json()["message"].endswith(".")
