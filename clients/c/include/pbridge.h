@@ -33,7 +33,7 @@ extern "C" {
 /* Buffer sizes a caller allocates. */
 #define PB_TOPIC_MAX (PB_PREFIX_MAX_LEN + 10 + PB_CLIENT_ID_MAX_LEN + 1) /* "/activate/" */
 #define PB_REQUEST_ID_SIZE 17 /* pb_new_request_id: 16 hex characters + NUL */
-#define PB_REQUEST_MAX 1280   /* the largest request pb_build_request writes, + NUL */
+#define PB_REQUEST_MAX 1040   /* the largest request pb_build_request writes (1029) + NUL */
 #define PB_KEY_SIZE (PB_KEY_MAX_LEN + 1)
 #define PB_X25519_BYTES 32
 #define PB_SECRET_BYTES 32 /* the device secret (factory, per device) */

@@ -510,7 +510,7 @@ static void test_builder(void)
         for (k = 0; k < 64; k++) memcpy(text + 4 * k, "\xf0\x9f\x98\x80", 4);
         r.client_id = longest_id, r.request_id = rid64, r.vendor = text, r.model = text, r.identifier = text;
         r.device_secret = secret;
-        CHECK(pb_build_request(out, sizeof out, &len, &r) == PB_OK, "largest request");
+        CHECK(pb_build_request(out, sizeof out, &len, &r) == PB_OK && len == 1029, "largest request %zu", len);
         CHECK(pb_activate_topic(t, sizeof t,
                                 "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp", longest_id) == PB_OK,
               "largest topic");
