@@ -19,11 +19,12 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from bridge import keys, protocol
+from bridge import embedded, keys, protocol
 from bridge.admin import Admin
 from bridge.config import Settings
 from bridge.embedded import client_endpoint
-from tests.helpers import RunningBridge
+from tests.helpers import RunningBridge, start_bridge
+from tests.services import free_port
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "c"
 BINARY = CLIENT_DIR / "build" / "pbridge-activate"
@@ -131,6 +132,30 @@ async def test_c_client_speaks_mqtt_3_1_1(
     run = await run_c(c_client, settings, "--mqtt", "3.1.1", *_device())
     assert run.code == 0, run
     assert run.key is not None and await admin.verify_key(VENDOR, MODEL, MAC, run.key)
+
+
+async def test_c_client_falls_back_to_mqtt_3_1_1_when_the_broker_refuses_5(
+    c_client: Path,
+    admin: Admin,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The embedded amqtt broker speaks only 3.1.1: the default `--mqtt auto` falls back."""
+    await _approved(admin)
+    monkeypatch.setattr(embedded, "EMBEDDED_MQTT_URL", f"mqtt://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mosquitto: serve runs amqtt
+    settings = settings.model_copy(update={"mqtt_url": None, "state_dir": tmp_path})
+    running = await start_bridge(settings)
+    try:
+        run = await run_c(c_client, settings, *_device())
+        forced = await run_c(c_client, settings, "--mqtt", "5", "--attempts", "1", *_device())
+    finally:
+        await running.halt()
+    assert run.code == 0, run
+    assert "trying MQTT 3.1.1" in run.err
+    assert run.key is not None and await admin.verify_key(VENDOR, MODEL, MAC, run.key)
+    assert forced.code == 2, forced  # MQTT 5 only: nothing to talk to
 
 
 async def test_c_client_refusals_exit_1_with_the_code(

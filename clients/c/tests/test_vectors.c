@@ -391,6 +391,17 @@ static const struct {
     {SEALED(EPK, NONCE, "AAAA"), PB_E_BASE64},
     {SEALED("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", NONCE, CT), PB_E_BASE64},
     {SEALED(EPK, NONCE, CT) "x", PB_E_JSON},
+    /* non-canonical base64: the bits under the padding are not zero */
+    {SEALED("TCut6fYWZeSxufBbd+W2/ysappwLRFwqDLGV0uH8qBZ=", NONCE, CT), PB_E_BASE64},
+    /* more tokens than PB_MAX_TOKENS: refused, never an overflow */
+    {"{\"x\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,"
+     "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}", PB_E_JSON},
+    /* deep nesting costs tokens, never recursion */
+    {"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]"
+     "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", PB_E_JSON},
+    /* an unknown field is ignored, but it must still be valid JSON */
+    {"{\"v\":1,\"request_id\":null,\"status\":\"error\",\"code\":\"x\",\"message\":\"m\",\"new\":\"\\x\"}", PB_E_JSON},
+    {"{\"v\":1,\"request_id\":null,\"status\":\"error\",\"code\":\"x\",\"message\":\"m\",\"new\":nan}", PB_E_JSON},
 };
 
 static void test_hostile(void)

@@ -13,7 +13,9 @@ import re
 import sys
 from functools import cache
 
-NODE = re.compile(r'node: \{ title: "([^"]+)" label: "[^\\]+\\n[^\\]+\\n(\d+) bytes \((\w+(?:,\w+)*)\)"')
+NODE = re.compile(
+    r'node: \{ title: "([^"]+)" label: "[^\\]+\\n[^\\]+\\n(\d+) bytes \((\w+(?:,\w+)*)\)"'
+)
 EXTERNAL = re.compile(r'node: \{ title: "([^"]+)" label: "[^"]*" shape : ellipse')
 EDGE = re.compile(r'edge: \{ sourcename: "([^"]+)" targetname: "([^"]+)"')
 
@@ -21,7 +23,8 @@ frames: dict[str, int] = {}
 edges: dict[str, set[str]] = {}
 external: set[str] = set()
 for path in sys.argv[1:]:
-    text = open(path).read()
+    with open(path) as file:
+        text = file.read()
     for name, size, _ in NODE.findall(text):
         frames[name.split(":")[-1]] = int(size)
     external.update(n.split(":")[-1] for n in EXTERNAL.findall(text))
