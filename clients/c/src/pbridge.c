@@ -450,6 +450,7 @@ static int hex4(const char *p, const char *end, unsigned long *v)
 /*
  * Unescape the JSON string token i into out (NUL-terminated). With truncate, a string
  * too long is cut at a character boundary and *truncated set; else PB_E_FIELD_TOO_LONG.
+ * With out NULL, only check that the whole string is well formed.
  */
 static int get_string(const pb_doc *d, int i, char *out, size_t cap, int truncate, int *truncated)
 {
@@ -511,6 +512,10 @@ static int get_string(const pb_doc *d, int i, char *out, size_t cap, int truncat
             }
             p += 2;
         }
+        if (!out) { /* validation only: the whole string, no limit */
+            o += n;
+            continue;
+        }
         if (o + n >= cap) {
             if (!truncate) return PB_E_FIELD_TOO_LONG;
             /* cut back to the start of a UTF-8 character */
@@ -522,7 +527,7 @@ static int get_string(const pb_doc *d, int i, char *out, size_t cap, int truncat
         memcpy(out + o, buf, n);
         o += n;
     }
-    out[o] = '\0';
+    if (out) out[o] = '\0';
     return PB_OK;
 }
 
@@ -677,12 +682,8 @@ int pb_parse_reply(pb_reply *r, const char *js, size_t len)
     if ((rc = check_object(&d, 0)) != PB_OK) return rc;
     /* every string in the document must be well formed, known field or not */
     for (i = 0; i < n; i++) {
-        if (toks[i].type == JSMN_STRING) {
-            char scratch[8];
-            int t;
-            rc = get_string(&d, i, scratch, sizeof scratch, 1, &t);
-            if (rc != PB_OK) return rc;
-        }
+        if (toks[i].type == JSMN_STRING && (rc = get_string(&d, i, NULL, 0, 0, NULL)) != PB_OK)
+            return rc;
     }
 
     i = field(&d, 0, "v");

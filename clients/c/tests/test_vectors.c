@@ -402,6 +402,8 @@ static const struct {
     /* an unknown field is ignored, but it must still be valid JSON */
     {"{\"v\":1,\"request_id\":null,\"status\":\"error\",\"code\":\"x\",\"message\":\"m\",\"new\":\"\\x\"}", PB_E_JSON},
     {"{\"v\":1,\"request_id\":null,\"status\":\"error\",\"code\":\"x\",\"message\":\"m\",\"new\":nan}", PB_E_JSON},
+    /* ... all of it, past any length a known field would keep */
+    {"{\"v\":1,\"request_id\":null,\"status\":\"error\",\"code\":\"x\",\"message\":\"m\",\"new\":\"abcdefghijklmnop\\ud800\"}", PB_E_FIELD_TYPE},
 };
 
 static void test_hostile(void)
