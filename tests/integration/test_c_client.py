@@ -35,16 +35,16 @@ KEY_LINE = re.compile(r"^key: ([0-9a-f]{40})( \(was sealed\))?$", re.MULTILINE)
 
 @pytest.fixture(scope="module")
 def c_client() -> Path:
-    """The example binary, built here if needed; fails loudly when it cannot be."""
-    if not BINARY.exists():
-        assert shutil.which("make"), "make is missing: run clients/c/ci.sh (it installs the tools)"
-        build = subprocess.run(
-            ["make", "-C", str(CLIENT_DIR), "example"], capture_output=True, text=True, check=False
-        )
-        assert build.returncode == 0, (
-            "building the C client failed (missing cc, libsodium-dev, libjsmn-dev or "
-            f"libmosquitto-dev? run clients/c/ci.sh):\n{build.stdout}\n{build.stderr}"
-        )
+    """The example binary, (re)built by make when missing or older than its sources;
+    fails loudly when it cannot be."""
+    assert shutil.which("make"), "make is missing: run clients/c/ci.sh (it installs the tools)"
+    build = subprocess.run(
+        ["make", "-C", str(CLIENT_DIR), "example"], capture_output=True, text=True, check=False
+    )
+    assert build.returncode == 0, (
+        "building the C client failed (missing cc, libsodium-dev, libjsmn-dev or "
+        f"libmosquitto-dev? run clients/c/ci.sh):\n{build.stdout}\n{build.stderr}"
+    )
     assert BINARY.exists()
     return BINARY
 
