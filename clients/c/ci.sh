@@ -18,6 +18,9 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 [ -f /usr/include/sodium.h ] || need+=(libsodium-dev)
 [ -f /usr/include/jsmn.h ] || need+=(libjsmn-dev)
 [ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
+# libFuzzer's runtime: only recommended by clang, and recommends may be off.
+compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a" >/dev/null \
+    || need+=(libclang-rt-14-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "clients/c/ci.sh: installing ${need[*]}"
     apt-get update -qq
