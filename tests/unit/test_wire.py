@@ -157,9 +157,7 @@ def test_reply_vector_validates_and_states_its_fields(vector: dict[str, Any]) ->
     assert ("sealed_key" in reply) == vector["sealed"]
     if vector["status"] == "error":
         assert vector["key"] is None and not vector["sealed"]
-        assert (vector["retry_after"] is not None) == (
-            vector["code"] in protocol.RETRY_AFTER_CODES
-        )
+        assert (vector["retry_after"] is not None) == (vector["code"] in protocol.RETRY_AFTER_CODES)
 
 
 @pytest.mark.parametrize("vector", VECTORS["sealed"], ids=_ids("sealed"))
