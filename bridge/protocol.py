@@ -176,7 +176,7 @@ class ErrorReply(_Reply):
     code: ReplyCode
     message: Annotated[str, StringConstraints(min_length=1)]
     # Never null on the wire: absent instead (SkipJsonSchema keeps null out of the schema).
-    retry_after: Annotated[int, Field(ge=0)] | SkipJsonSchema[None] = None
+    retry_after: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = None
 
 
 ActivationReply = OkReply | SealedOkReply | ErrorReply

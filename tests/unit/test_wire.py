@@ -274,3 +274,63 @@ def test_reply_schema_refuses_a_wrong_success(name: str, reply: dict[str, Any]) 
 def test_reply_schema_refuses_a_wrong_error(name: str, reply: dict[str, Any]) -> None:
     base = {"v": 1, "request_id": "r-1", "status": "error", "message": "A sentence."}
     assert not REPLY_SCHEMA.is_valid({**base, **reply}), name
+
+
+def test_every_reply_fits_the_documented_2048_byte_buffer() -> None:
+    """docs/protocol.md promises devices that 2048 bytes hold any reply: the worst cases.
+
+    Every field at its limit in 4-byte UTF-8 characters: vendor, model and identifier of
+    64 characters, a 256-character serial pattern quoted by invalid_identifier, a
+    128-character client id, a 64-character request id, a 128-hex-character key.
+    """
+    from bridge import identifiers, provisioner  # noqa: PLC0415
+    from bridge.errors import InvalidIdentifier  # noqa: PLC0415
+    from bridge.logins import LoginNamespace  # noqa: PLC0415
+    from bridge.records import ActivationOutcome, ModelRow  # noqa: PLC0415
+
+    wide = "\U0001d538"  # MATHEMATICAL DOUBLE-STRUCK CAPITAL A: 4 bytes, no case
+    name, rid = wide * 64, "r" * 64
+    model = ModelRow(1, name, name, "serial", wide * 256, 60, claim_required=True)
+    with pytest.raises(InvalidIdentifier) as refused:
+        identifiers.normalize("serial", "\U0001d539" * 64, model.pattern)
+    messages = [refused.value.message, provisioner._not_approved(model, name)]
+    messages += [
+        provisioner._refusal(ActivationOutcome(code, None, None), model, name)
+        for code in ("not_claimed", "window_expired", "already_activated", "revoked")
+    ]
+    reserved = LoginNamespace(["c" * 128], bridge_client_id="bridge-x").refusal("c" * 128)
+    assert reserved is not None
+    messages.append(reserved)
+    bodies = [
+        protocol.error_reply(rid, code, message, 86_400)
+        for code in protocol.REPLY_CODES
+        for message in messages
+    ]
+    long_key = "f" * 128
+    device_public = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    bodies.append(protocol.ok_reply(rid, name, name, name, key=long_key))
+    bodies.append(
+        protocol.ok_reply(rid, name, name, name, sealed_key=keys.seal(long_key, device_public, rid))
+    )
+    largest = max(len(body) for body in bodies)
+    assert largest <= 2048, largest
+
+
+def test_json_examples_of_the_protocol_document_are_valid() -> None:
+    """The examples in docs/protocol.md are messages the schemas (and the bridge) accept."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text("utf-8")
+    blocks = doc.split("```json\n")[1:]
+    examples: list[dict[str, Any]] = []
+    for block in blocks:
+        text = block.split("```")[0]
+        try:
+            examples.append(json.loads(text))
+        except ValueError:  # one message per line
+            examples.extend(json.loads(line) for line in text.splitlines() if line)
+    assert len(examples) >= 5
+    for example in examples:
+        if "status" in example:
+            REPLY_SCHEMA.validate(example)
+        else:
+            REQUEST_SCHEMA.validate(example)
+            assert wire.form_error(json.dumps(example).encode()) is None
