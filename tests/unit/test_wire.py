@@ -51,6 +51,11 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     assert sorted(wire.stale(tmp_path)) == ["reply.schema.json", "vectors.json"]
 
 
+def test_schemas_are_valid_json_schemas() -> None:
+    for name in ("request.schema.json", "reply.schema.json"):
+        jsonschema.Draft202012Validator.check_schema(_load(name))
+
+
 def test_vectors_have_the_published_shape() -> None:
     assert VECTORS["version"] == 1
     assert set(VECTORS) == {"version", "topics", "requests", "replies", "sealed", "proofs"}
