@@ -339,3 +339,17 @@ def test_json_examples_of_the_protocol_document_are_valid() -> None:
         else:
             REQUEST_SCHEMA.validate(example)
             assert wire.form_error(json.dumps(example).encode()) is None
+
+
+def test_fixed_ephemeral_sealing_is_used_only_for_vectors() -> None:
+    """A fixed ephemeral key or nonce in the bridge would give every sealed key away."""
+    package = Path(wire.__file__).resolve().parent
+    users = sorted(
+        path.name
+        for path in package.glob("*.py")
+        if "seal_for_vectors" in path.read_text(encoding="utf-8")
+    )
+    assert users == ["keys.py", "wire.py"]
+    device_public = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    first, second = (keys.seal("ab" * 20, device_public, "r-1") for _ in range(2))
+    assert first["epk"] != second["epk"] and first["nonce"] != second["nonce"]
