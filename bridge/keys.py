@@ -159,10 +159,36 @@ def _aead_key(shared: bytes, epk: bytes, device_public: bytes) -> bytes:
 
 def seal(key_hex: str, device_public: bytes, request_id: str) -> dict[str, str]:
     """Encrypt a key so only the holder of the device's X25519 private key reads it."""
-    ephemeral = X25519PrivateKey.generate()
+    return _seal(key_hex, device_public, request_id, X25519PrivateKey.generate(), os.urandom(12))
+
+
+def seal_for_vectors(
+    key_hex: str, device_public: bytes, request_id: str, ephemeral_private: bytes, nonce: bytes
+) -> dict[str, str]:
+    """:func:`seal` with a given ephemeral key and nonce: for test vectors only.
+
+    The published vectors (``schemas/wire/vectors.json``) need every input fixed so
+    that another implementation can compare bytes. The bridge itself never calls this:
+    a fixed ephemeral key or nonce used twice would give the sealing away.
+    """
+    return _seal(
+        key_hex,
+        device_public,
+        request_id,
+        X25519PrivateKey.from_private_bytes(ephemeral_private),
+        nonce,
+    )
+
+
+def _seal(
+    key_hex: str,
+    device_public: bytes,
+    request_id: str,
+    ephemeral: X25519PrivateKey,
+    nonce: bytes,
+) -> dict[str, str]:
     epk = ephemeral.public_key().public_bytes_raw()
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(device_public))
-    nonce = os.urandom(12)
     ciphertext = ChaCha20Poly1305(_aead_key(shared, epk, device_public)).encrypt(
         nonce, key_hex.encode("ascii"), request_id.encode()
     )

@@ -1,25 +1,30 @@
-"""Protocol v1 on the wire: topics, the request model, reply builders. Pure, no I/O.
+"""Protocol v1 on the wire: topics, the request and reply models, reply builders. Pure, no I/O.
 
-The contract is ``protocol-v1.md``; the README restates it for users. Parsing is
-strict on purpose: an unknown field or a wrong type is ``malformed`` and says
-which, so a firmware typo never passes silently.
+The normative contract is ``docs/protocol.md`` (protocol v1); the README summarises
+it, and ``schemas/wire/`` holds the JSON Schemas and test vectors generated from
+this module (``python -m bridge.wire --write``). Parsing is strict on purpose: an
+unknown field or a wrong type is ``malformed`` and says which, so a firmware typo
+never passes silently. The reply models describe what the builders below send;
+the builders write the bytes, the models (and tests) hold them to the contract.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Field,
     StrictInt,
     StringConstraints,
     ValidationError,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from bridge.errors import Malformed
 
@@ -45,7 +50,18 @@ def _printable(value: str) -> str:
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 #: The device proof: lowercase hex of an HMAC-SHA256 (see :func:`bridge.keys.device_proof`).
 Proof = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_printable)]
+#: What :func:`_printable` refuses, for the JSON Schema (ECMA-262 syntax; the schema
+#: cannot name lone surrogates, which no UTF-8 payload can carry unescaped anyway).
+_PRINTABLE_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+Text64 = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    AfterValidator(_printable),
+    Field(json_schema_extra={"pattern": _PRINTABLE_PATTERN}),
+]
+#: Standard base64 of 32 bytes, for the JSON Schema only: the parser decodes the key
+#: and refuses low-order points (:func:`bridge.keys.decode_public_key`).
+_PUBLIC_KEY_PATTERN = "^[A-Za-z0-9+/]{43}=$"
 
 
 class ActivationRequest(BaseModel):
@@ -57,12 +73,14 @@ class ActivationRequest(BaseModel):
     vendor: Text64
     model: Text64
     identifier: Text64
-    public_key: str | None = None
+    public_key: Annotated[str, Field(json_schema_extra={"pattern": _PUBLIC_KEY_PATTERN})] | None = (
+        None
+    )
     # Checked only by models that require device proof; others ignore it, so firmware
     # may always send it.
     proof: Proof | None = None
     # StrictInt, then a check: a plain Literal[1] would let JSON `true` pass (True == 1).
-    v: StrictInt | None = None
+    v: Annotated[StrictInt, Field(json_schema_extra={"const": 1})] | None = None
 
     @field_validator("v")
     @classmethod
@@ -70,6 +88,98 @@ class ActivationRequest(BaseModel):
         if value is not None and value != PROTOCOL_VERSION:
             raise ValueError("unsupported protocol version")
         return value
+
+
+#: Every ``code`` an activation reply can carry (docs/protocol.md, "Codes").
+ReplyCode = Literal[
+    "malformed",
+    "invalid_identifier",
+    "unknown_model",
+    "not_approved",
+    "not_claimed",
+    "window_expired",
+    "already_activated",
+    "revoked",
+    "seal_required",
+    "client_id_reserved",
+    "rate_limited",
+    "unavailable",
+]
+REPLY_CODES: tuple[str, ...] = get_args(ReplyCode)
+#: The codes that always carry ``retry_after``.
+RETRY_AFTER_CODES = ("rate_limited", "unavailable")
+Base64 = Annotated[
+    str,
+    StringConstraints(pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"),
+]
+#: A device key: lowercase hex of at least 160 bits (40 characters by default).
+KeyHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40,128}$")]
+
+
+class _Reply(BaseModel):
+    # What the bridge sends, described: the builders below write the bytes. A field
+    # not listed here never appears, so a device may refuse one it does not know.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SealedKey(_Reply):
+    """``sealed_key`` of a sealed success (docs/protocol.md, "Sealed delivery")."""
+
+    alg: Literal["x25519-hkdf-sha256-chacha20poly1305"]
+    epk: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+    nonce: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{16}$")]
+    #: ChaCha20-Poly1305 of the key hex: its length plus a 16-byte tag.
+    ciphertext: Base64
+
+
+class OkReply(_Reply):
+    """A success with the key in plaintext (models whose vendor chose plaintext delivery)."""
+
+    v: Literal[1]
+    request_id: RequestId
+    status: Literal["ok"]
+    vendor: str
+    model: str
+    #: The canonical form of the identifier (docs/protocol.md, "Identifiers").
+    identifier: str
+    key: KeyHex
+
+
+class SealedOkReply(_Reply):
+    """A success with the key sealed to the request's ``public_key``."""
+
+    v: Literal[1]
+    request_id: RequestId
+    status: Literal["ok"]
+    vendor: str
+    model: str
+    identifier: str
+    sealed_key: SealedKey
+
+
+class ErrorReply(_Reply):
+    """A refusal: a code, one sentence, and ``retry_after`` for the codes that wait."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            # retry_after is present exactly for rate_limited and unavailable.
+            "if": {"properties": {"code": {"enum": list(RETRY_AFTER_CODES)}}},
+            "then": {"required": ["retry_after"]},
+            "else": {"not": {"required": ["retry_after"]}},
+        }
+    )
+
+    v: Literal[1]
+    #: Null only when the request carried no valid request id (``malformed``).
+    request_id: RequestId | None
+    status: Literal["error"]
+    code: ReplyCode
+    message: Annotated[str, StringConstraints(min_length=1)]
+    # Never null on the wire: absent instead (SkipJsonSchema keeps null out of the schema).
+    retry_after: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = None
+
+
+ActivationReply = OkReply | SealedOkReply | ErrorReply
 
 
 def activate_topic(prefix: str, client_id: str) -> str:
