@@ -30,7 +30,7 @@ async def _claimed(admin: Admin, mac: str = MAC) -> None:
     [
         (b"this is not json", "not valid JSON"),
         (b'["a", "list"]', "JSON object, not a JSON array"),
-        (b"x" * 1_000_000, "limit is 4096 bytes"),
+        (b"x" * 5_000, "limit is 4096 bytes"),
         (
             json.dumps(
                 {
@@ -83,7 +83,7 @@ async def _claimed(admin: Admin, mac: str = MAC) -> None:
     ids=[
         "not-json",
         "list",
-        "1MB",
+        "5kB",
         "unknown-field",
         "missing",
         "wrong-type",
@@ -101,6 +101,18 @@ async def test_garbage_gets_malformed_and_service_goes_on(
     assert reply["status"] == "error"
     assert reply["code"] == "malformed"
     assert says in reply["message"]
+    result = await activate(settings, MAC)
+    assert result.ok, result.reply
+
+
+async def test_a_request_too_large_to_be_a_packet_gets_no_reply_and_service_goes_on(
+    admin: Admin, settings: Settings, bridge: RunningBridge
+) -> None:
+    """The bridge asks the broker for packets of at most 6,144 bytes (MQTT 5 Maximum
+    Packet Size): a 1 MB request is dropped by the broker, never read by the bridge."""
+    await _claimed(admin)
+    with pytest.raises(TimeoutError):
+        await raw_exchange(settings, b"x" * 1_000_000, timeout=3.0)
     result = await activate(settings, MAC)
     assert result.ok, result.reply
 
