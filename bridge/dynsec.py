@@ -271,10 +271,6 @@ class DynSec:
     async def _run(
         self, commands: list[dict[str, Any]], tolerate: set[str] | None = None
     ) -> list[dict[str, Any]]:
-        tag = secrets.token_hex(8)
-        for n, command in enumerate(commands):
-            command["correlationData"] = f"{tag}:{n}"
-        payload = json.dumps({"commands": commands}).encode()
         async with self._lock:
             # While the broker is known to be failing, do not make every activation wait
             # out a timeout in turn: fail at once (the caller logs it) and retry later.
@@ -287,8 +283,7 @@ class DynSec:
             try:
                 async with asyncio.timeout(self._timeout):
                     client = await self._connected()
-                    await client.publish(CONTROL_TOPIC, payload, qos=1)
-                    responses = await self._responses(client, tag)
+                    responses = await self._exchange(client, commands)
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 await self.close()  # reconnect on the next call
                 self._down_until = time.monotonic() + self._cooldown
@@ -325,11 +320,10 @@ class DynSec:
     async def _enforce_defaults(self, client: aiomqtt.Client) -> None:
         # The plugin's default access decides for devices without a login before
         # mosquitto.acl does: anything but "deny" there would let them read every reply.
-        tag = secrets.token_hex(8)
         acls = [{"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACL_ACCESS.items()]
-        command = {"command": "setDefaultACLAccess", "acls": acls, "correlationData": f"{tag}:0"}
-        await client.publish(CONTROL_TOPIC, json.dumps({"commands": [command]}).encode(), qos=1)
-        (response,) = await self._responses(client, tag)
+        (response,) = await self._exchange(
+            client, [{"command": "setDefaultACLAccess", "acls": acls}]
+        )
         if response.get("error"):
             raise BrokerAdminError(f"The broker refused setDefaultACLAccess: {response['error']}.")
         if self._guard_prefix is not None:
@@ -354,19 +348,15 @@ class DynSec:
             for a in role.get("acls", [])
             if isinstance(a, dict)
         }
+        guard = brokerconf.anonymous_guard_commands(prefix)
         missing = [
-            command
-            for command in brokerconf.anonymous_guard_commands(prefix)
-            if command["command"] == "addRoleACL"
-            and (command["acltype"], command["topic"], command["allow"]) not in have
+            c
+            for c in guard
+            if c["command"] == "addRoleACL" and (c["acltype"], c["topic"], c["allow"]) not in have
         ]
         if group == brokerconf.ANONYMOUS_GROUP and not missing:
             return
-        commands = [
-            c
-            for c in brokerconf.anonymous_guard_commands(prefix)
-            if c["command"] != "addRoleACL" or c in missing
-        ]
+        commands = [c for c in guard if c["command"] != "addRoleACL" or c in missing]
         responses = await self._exchange(client, commands)
         failed = [
             f"{c['command']}: {r['error']}"
