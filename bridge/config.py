@@ -240,11 +240,7 @@ class Settings(BaseSettings):
             return self.client_id
         host = socket.gethostname()
         if self.secret is not None and self.secret.get_secret_value():
-            tag = hmac.new(
-                self.secret.get_secret_value().encode(),
-                b"provisioning-bridge/v1 client-id\x00" + host.encode(),
-                hashlib.sha256,
-            ).hexdigest()[:24]
+            tag = _name_tag(self.secret.get_secret_value().encode(), "client-id", host, 24)
         else:
             tag = _kept_client_tag(self.state_dir)
         return f"bridge-{host[:64]}-{tag}"
@@ -281,12 +277,15 @@ class Settings(BaseSettings):
         """
         if self.share_group is None:
             return None
-        tag = hmac.new(
-            self.server_secret(),
-            b"provisioning-bridge/v1 share-group\x00" + self.share_group.encode(),
-            hashlib.sha256,
-        ).hexdigest()[:16]
+        tag = _name_tag(self.server_secret(), "share-group", self.share_group, 16)
         return f"{self.share_group}-{tag}"
+
+
+def _name_tag(secret: bytes, purpose: str, name: str, length: int) -> str:
+    """Hex characters only holders of ``secret`` can compute: the unguessable part of a
+    broker-visible name (the bridge's client id, its share group)."""
+    message = f"provisioning-bridge/v1 {purpose}\x00{name}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:length]
 
 
 def _refuse_weak_secret(value: str) -> None:
