@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
@@ -158,7 +159,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 def schemas_dir() -> Path:
-    """The numbered SQL migrations: the repository's, or the copy inside a wheel."""
+    """The SQL of the bridge: the repository's ``schemas/``, or the copy inside a wheel."""
     here = Path(__file__).resolve().parent
     for candidate in (here.parent / "schemas", here / "_data" / "schemas"):
         if candidate.is_dir():
@@ -167,12 +168,33 @@ def schemas_dir() -> Path:
 
 
 def migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of every migration, in order."""
+    """(version, file name, SQL) of every migration in ``schemas/migrations``, in order.
+
+    Migrations change tables and data, once each; their version is what a deployed
+    database records, so a file is never renamed or renumbered once released.
+    """
     found = []
-    for path in sorted(schemas_dir().iterdir()):
+    for path in sorted((schemas_dir() / "migrations").iterdir()):
         match = _MIGRATION_NAME.fullmatch(path.name)
         if match:
             found.append((int(match.group(1)), path.name, path.read_text()))
+    return found
+
+
+def definitions() -> list[tuple[str, str, str]]:
+    """(name, SHA-256, SQL) of every file under ``schemas/functions``, in path order.
+
+    These are the current definitions of the database's functions and triggers: each
+    file can be applied any number of times (CREATE OR REPLACE, DROP ... IF EXISTS),
+    and ``migrate`` applies again every file whose text changed since it last ran, after
+    the migrations. A reader finds today's behaviour here, not in the history.
+    """
+    root = schemas_dir() / "functions"
+    found = []
+    for path in sorted(root.rglob("*.sql")):
+        sql = path.read_text()
+        name = path.relative_to(root).as_posix()
+        found.append((name, hashlib.sha256(sql.encode()).hexdigest(), sql))
     return found
 
 
@@ -320,6 +342,12 @@ class Store:
                            name text NOT NULL,
                            applied_at timestamptz NOT NULL DEFAULT now())"""
                 )
+                await conn.execute(
+                    """CREATE TABLE IF NOT EXISTS schema_definitions (
+                           name text PRIMARY KEY,
+                           sha256 text NOT NULL,
+                           applied_at timestamptz NOT NULL DEFAULT now())"""
+                )
             for version, name, sql in migrations():
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
@@ -335,9 +363,29 @@ class Store:
                         name,
                     )
                 applied.append(name)
+            # All definitions in one transaction: a bridge never sees half of them.
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                current = {
+                    r["name"]: r["sha256"]
+                    for r in await conn.fetch("SELECT name, sha256 FROM schema_definitions")
+                }
+                for name, digest, sql in definitions():
+                    if current.get(name) == digest:
+                        continue
+                    await conn.execute(sql)
+                    await conn.execute(
+                        """INSERT INTO schema_definitions (name, sha256) VALUES ($1, $2)
+                           ON CONFLICT (name) DO UPDATE
+                              SET sha256 = EXCLUDED.sha256, applied_at = now()""",
+                        name,
+                        digest,
+                    )
+                    applied.append(f"functions/{name}")
         return applied
 
     async def pending_migrations(self) -> list[str]:
+        """Migrations not applied yet, and definitions whose text changed since applied."""
         async with _reachable(), self._pool.acquire() as conn:
             exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
             done = (
@@ -345,7 +393,20 @@ class Store:
                 if exists
                 else set()
             )
-        return [name for version, name, _ in migrations() if version not in done]
+            defined = await conn.fetchval("SELECT to_regclass('schema_definitions') IS NOT NULL")
+            current = (
+                {
+                    r["name"]: r["sha256"]
+                    for r in await conn.fetch("SELECT name, sha256 FROM schema_definitions")
+                }
+                if defined
+                else {}
+            )
+        pending = [name for version, name, _ in migrations() if version not in done]
+        pending += [
+            f"functions/{name}" for name, digest, _ in definitions() if current.get(name) != digest
+        ]
+        return pending
 
     async def ping(self) -> None:
         async with _reachable():

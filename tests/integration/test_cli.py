@@ -13,7 +13,7 @@ import time
 import asyncpg
 
 from bridge.config import Settings
-from bridge.store import migrations
+from bridge.store import definitions, migrations
 from tests.conftest import TEST_SECRET
 from tests.helpers import RunningBridge
 
@@ -219,7 +219,8 @@ async def test_migrate_is_safe_twice_and_from_two_processes(
         line = out.splitlines()[0]
         assert line.startswith("applied "), out
         applied += line.split(": ", 1)[1].split(", ") if ": " in line else []
-    assert sorted(applied) == sorted(name for _, name, _ in migrations())
+    expected = [name for _, name, _ in migrations()] + [f"functions/{n}" for n, _, _ in definitions()]
+    assert sorted(applied) == sorted(expected)
     again = await bridge_cli(env, "migrate")
     assert again.stdout.startswith("applied 0 migration(s)")
     conn = await asyncpg.connect(url)
