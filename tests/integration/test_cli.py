@@ -219,7 +219,9 @@ async def test_migrate_is_safe_twice_and_from_two_processes(
         line = out.splitlines()[0]
         assert line.startswith("applied "), out
         applied += line.split(": ", 1)[1].split(", ") if ": " in line else []
-    expected = [name for _, name, _ in migrations()] + [f"functions/{n}" for n, _, _ in definitions()]
+    expected = [name for _, name, _ in migrations()] + [
+        f"functions/{n}" for n, _, _ in definitions()
+    ]
     assert sorted(applied) == sorted(expected)
     again = await bridge_cli(env, "migrate")
     assert again.stdout.startswith("applied 0 migration(s)")
