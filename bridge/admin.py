@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from bridge import approval_file, embedded, identifiers, keys
+from bridge import approval_file, embedded, identifiers, keys, tokens
 from bridge.approval_file import Refusal
 from bridge.config import Settings
 from bridge.errors import (
@@ -46,6 +46,7 @@ from bridge.errors import (
     UnknownModel,
 )
 from bridge.records import (
+    ApiToken,
     AuditEntry,
     AuditQuery,
     AuditRecord,
@@ -55,7 +56,7 @@ from bridge.records import (
     ModelRow,
 )
 from bridge.store import Store
-from bridge.tokens import Role
+from bridge.tokens import IssuedToken, Role
 
 #: Device states, as ``bridge list --state`` accepts them.
 STATES: Final = ("approved", "claimed", "activated", "revoked")
@@ -687,6 +688,22 @@ class Admin:
             if identifiers.suggestion_ok(typed, candidate):
                 return identifiers.display(model.kind, candidate)
         return None
+
+    async def migrate(self) -> list[str]:
+        """Apply the missing migrations; the names of those applied."""
+        return await self._store.migrate()
+
+    async def tokens(self) -> list[ApiToken]:
+        """Every HTTP API token (never the token itself), oldest first."""
+        return await self._store.tokens()
+
+    async def create_token(self, role: str, subject: str | None = None) -> IssuedToken:
+        """Issue an HTTP API token for an owner or vendor named ``subject``, or an admin."""
+        return await tokens.create_token(self._store, role, subject, actor=self._actor)
+
+    async def revoke_token(self, token_id: str) -> ApiToken:
+        """Revoke an HTTP API token by its id."""
+        return await tokens.revoke_token(self._store, token_id, actor=self._actor)
 
 
 def _hasher(settings: Settings) -> keys.KeyHasher | None:

@@ -1,0 +1,91 @@
+"""The ``bridge`` command line: a thin layer over :mod:`bridge.admin`, the service and the client.
+
+One module a command group, each registering its subcommands' parsers beside their
+handlers (``register(commands)``); :data:`GROUPS` lists them in the order
+``bridge --help`` shows them, and is the one place a new group is added. The shared
+options and value types live in :mod:`bridge.cli.options`, the shape of an ``Admin``
+command in :mod:`bridge.cli.command`.
+
+Errors go to stderr as ``error: <code>: <sentence>`` with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from bridge import __version__
+from bridge.cli import (
+    activate,
+    approvals,
+    broker,
+    database,
+    devices,
+    enrollment,
+    lifecycle,
+    models,
+    serve,
+    tokens,
+)
+from bridge.cli.options import Commands, Handler, Parser, parse_duration, parse_since
+from bridge.errors import BridgeError, Malformed
+
+#: The command groups, in the order of ``bridge --help``.
+GROUPS = (
+    database,  # migrate, stop-db
+    broker,  # broker-files
+    serve,  # serve, check, api
+    tokens,  # token create|revoke|list
+    models,  # model add
+    enrollment,  # enrollment-key create|rotate|retire|list, device-secret
+    approvals,  # approve, unapprove
+    lifecycle,  # claim, release, transfer, reenable, revoke
+    devices,  # list, audit, show
+    activate,  # activate
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    top = Parser(
+        prog="bridge",
+        description="MQTT provisioning bridge: devices trade their sticker number for a key.",
+        epilog="Quick start: `bridge serve --dev` in one terminal; `bridge model add`, "
+        "`bridge approve`, `bridge claim`, `bridge activate` in another. `bridge COMMAND "
+        "--help` explains each command.",
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = Commands(top.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    for group in GROUPS:
+        group.register(commands)
+    return top
+
+
+_parser = parser  # the name bridge.reference knows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status."""
+    args = parser().parse_args(argv)
+    run: Handler = args.run
+    try:
+        return _run(run(args))
+    except BridgeError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    # The standard event loop, even where uvloop is installed: aiomqtt drives paho's
+    # socket through add_reader/add_writer, and uvloop answers an error on such a socket
+    # (a TCP reset from the broker) by closing its poll handle without telling the
+    # reader, which left `serve` connected to nothing for good (issue 12).
+    return asyncio.run(coro)
+
+
+__all__ = ["GROUPS", "Malformed", "main", "parse_duration", "parse_since", "parser"]
