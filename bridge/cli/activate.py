@@ -8,10 +8,10 @@ import re
 import sys
 from pathlib import Path
 
-from bridge import embedded
+from bridge import embedded, mqtt
 from bridge.cli.options import Commands, broker_options, settings
 from bridge.client import activate_device
-from bridge.errors import Malformed
+from bridge.errors import Malformed, Unavailable
 
 #: Exit status when no reply came in time (1 is an error reply).
 TIMEOUT_STATUS = 2
@@ -27,9 +27,11 @@ def register(commands: Commands) -> None:
         description="The reference device client: publish an activation request "
         "and print the reply. Exit status 0 on ok, 1 on an error reply, 2 on timeout.",
     )
-    p.add_argument("--vendor", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--identifier", required=True)
+    p.add_argument("--vendor", required=True, help="the device's vendor, as registered")
+    p.add_argument("--model", required=True, help="the device's model, as registered")
+    p.add_argument(
+        "--identifier", required=True, help="the number on the device's sticker, any spelling"
+    )
     p.add_argument("--client-id", metavar="ID", help="MQTT client id (default: random device-…)")
     p.add_argument("--request-id", metavar="ID", help="request id (default: random)")
     delivery = p.add_mutually_exclusive_group()
@@ -54,12 +56,22 @@ def register(commands: Commands) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="give up after this long (default 10)",
     )
     p.add_argument("--json", action="store_true", help="print the reply as JSON")
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
 
 
 def _read_device_secret(path: str | None) -> bytes | None:
@@ -81,9 +93,10 @@ def _read_device_secret(path: str | None) -> bytes | None:
 
 async def _activate(args: argparse.Namespace) -> int:
     config = settings(args)
+    endpoint = embedded.client_endpoint(config)
     try:
         result = await activate_device(
-            embedded.client_endpoint(config),
+            endpoint,
             prefix=config.topic_prefix,
             vendor=args.vendor,
             model=args.model,
@@ -100,6 +113,11 @@ async def _activate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return TIMEOUT_STATUS
+    except mqtt.MqttError as exc:  # aiomqtt's, translated here: the client raises it as is
+        raise Unavailable(
+            f"The broker at {endpoint.host}:{endpoint.port} cannot be reached or refused the "
+            f"connection ({exc})."
+        ) from exc
     reply = dict(result.reply)
     if args.json:
         if result.key is not None and "sealed_key" in reply:

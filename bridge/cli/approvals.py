@@ -25,7 +25,9 @@ def register(commands: Commands) -> None:
         "(exit status 1) and the others are loaded, in one transaction.",
     )
     model_arguments(p)
-    p.add_argument("identifiers", nargs="*", metavar="IDENTIFIER")
+    p.add_argument(
+        "identifiers", nargs="*", metavar="IDENTIFIER", help="identifiers to approve (or --file)"
+    )
     p.add_argument("--file", type=Path, metavar="PATH", help="read identifiers from this file")
     p.add_argument(
         "--dry-run",
@@ -42,7 +44,7 @@ def register(commands: Commands) -> None:
         "activated or revoked are refused (and nothing is removed) unless --force.",
     )
     model_arguments(p)
-    p.add_argument("identifiers", nargs="+", metavar="IDENTIFIER")
+    p.add_argument("identifiers", nargs="+", metavar="IDENTIFIER", help="identifiers to remove")
     p.add_argument("--force", action="store_true", help="remove devices in use too")
 
 

@@ -30,8 +30,8 @@ def register(commands: Commands) -> None:
         "page, pass the last identifier shown as --after.",
     )
     model_arguments(p)
-    p.add_argument("--state", choices=STATES)
-    p.add_argument("--owner", metavar="OWNER")
+    p.add_argument("--state", choices=STATES, help="only devices in this state")
+    p.add_argument("--owner", metavar="OWNER", help="only this owner's devices")
     p.add_argument("--after", metavar="IDENTIFIER", help="start after this identifier")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="page size (default 100)")
     p.add_argument("--json", action="store_true", help="print a JSON array")
@@ -43,15 +43,17 @@ def register(commands: Commands) -> None:
         summary="history of activations and administrative actions",
         description="Audit entries matching every filter given, newest first (never a key).",
     )
-    p.add_argument("--vendor", metavar="V")
-    p.add_argument("--model", metavar="M")
+    p.add_argument("--vendor", metavar="VENDOR", help="only this vendor's models")
+    p.add_argument("--model", metavar="MODEL", help="only models of this name")
     p.add_argument(
         "--identifier",
-        metavar="X",
+        metavar="IDENTIFIER",
         help="any spelling; normalized by the model's kind when --vendor and --model are given",
     )
-    p.add_argument("--owner", metavar="O")
-    p.add_argument("--client-id", metavar="C")
+    p.add_argument("--owner", metavar="OWNER", help="only entries about this owner")
+    p.add_argument(
+        "--client-id", metavar="ID", help="only requests from this device's MQTT client id"
+    )
     p.add_argument("--code", metavar="CODE", help="outcome code, e.g. ok, not_approved, revoked")
     p.add_argument(
         "--since",

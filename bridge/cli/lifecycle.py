@@ -24,7 +24,7 @@ def register(commands: Commands) -> None:
         description="Claim a device for an owner; opens its activation window.",
     )
     device_arguments(p)
-    p.add_argument("--owner", required=True, metavar="OWNER")
+    p.add_argument("--owner", required=True, metavar="OWNER", help="whose account it joins")
 
     p = commands.add(
         "release",
@@ -35,7 +35,9 @@ def register(commands: Commands) -> None:
         "another owner may claim it. Only the device's owner can release it.",
     )
     device_arguments(p)
-    p.add_argument("--owner", required=True, metavar="OWNER")
+    p.add_argument(
+        "--owner", required=True, metavar="OWNER", help="the device's owner, who gives it up"
+    )
 
     p = commands.add(
         "transfer",
@@ -47,7 +49,7 @@ def register(commands: Commands) -> None:
         "new owner's activation window opens; a revoked device stays revoked.",
     )
     device_arguments(p)
-    p.add_argument("--to", required=True, metavar="OWNER")
+    p.add_argument("--to", required=True, metavar="OWNER", help="the new owner")
 
     p = commands.add(
         "reenable",

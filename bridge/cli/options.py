@@ -123,7 +123,9 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
 def device_arguments(parser: argparse.ArgumentParser) -> None:
     """VENDOR MODEL IDENTIFIER, the positional arguments that name a device."""
     model_arguments(parser)
-    parser.add_argument("identifier", metavar="IDENTIFIER")
+    parser.add_argument(
+        "identifier", metavar="IDENTIFIER", help="the number on the device's sticker, any spelling"
+    )
 
 
 def parse_duration(text: str) -> int:

@@ -35,7 +35,7 @@ def register(commands: Commands) -> None:
         summary="revoke an API token",
         description="Revoke a token by the id `bridge token create` printed.",
     )
-    p.add_argument("token_id", metavar="TOKEN_ID")
+    p.add_argument("token_id", metavar="TOKEN_ID", help="as `bridge token create` printed it")
     token.add(
         "list",
         _list,
