@@ -43,8 +43,8 @@ def register(commands: Commands) -> None:
         summary="history of activations and administrative actions",
         description="Audit entries matching every filter given, newest first (never a key).",
     )
-    p.add_argument("--vendor", metavar="VENDOR", help="only this vendor's models")
-    p.add_argument("--model", metavar="MODEL", help="only models of this name")
+    p.add_argument("--vendor", metavar="VENDOR", help="only entries of this vendor's models")
+    p.add_argument("--model", metavar="MODEL", help="only entries of models of this name")
     p.add_argument(
         "--identifier",
         metavar="IDENTIFIER",
