@@ -1,7 +1,7 @@
 """The ``bridge`` command line: a thin layer over :mod:`bridge.admin`, the service and the client.
 
 One module a command group, each registering its subcommands' parsers beside their
-handlers (``register(commands)``); :data:`GROUPS` lists them in the order
+handlers (``register(commands)``); :data:`GROUPS` names them in the order
 ``bridge --help`` shows them, and is the one place a new group is added. The shared
 options and value types live in :mod:`bridge.cli.options`, the shape of an ``Admin``
 command in :mod:`bridge.cli.command`.
@@ -13,38 +13,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from bridge import __version__
-from bridge.cli import (
-    activate,
-    approvals,
-    broker,
-    database,
-    devices,
-    enrollment,
-    lifecycle,
-    models,
-    serve,
-    tokens,
-)
 from bridge.cli.options import Commands, Handler, Parser, parse_duration, parse_since
 from bridge.errors import BridgeError, Malformed
 
-#: The command groups, in the order of ``bridge --help``.
+#: The command groups: modules of this package, in the order of ``bridge --help``.
+#: A new group is its module (with ``register(commands)``) and one line here.
 GROUPS = (
-    database,  # migrate, stop-db
-    broker,  # broker-files
-    serve,  # serve, check, api
-    tokens,  # token create|revoke|list
-    models,  # model add
-    enrollment,  # enrollment-key create|rotate|retire|list, device-secret
-    approvals,  # approve, unapprove
-    lifecycle,  # claim, release, transfer, reenable, revoke
-    devices,  # list, audit, show
-    activate,  # activate
+    "database",  # migrate, stop-db
+    "broker",  # broker-files
+    "serve",  # serve, check, api
+    "tokens",  # token create|revoke|list
+    "models",  # model add
+    "enrollment",  # enrollment-key create|rotate|retire|list, device-secret
+    "approvals",  # approve, unapprove
+    "lifecycle",  # claim, release, transfer, reenable, revoke
+    "devices",  # list, audit, show
+    "activate",  # activate
 )
 
 
@@ -59,12 +49,18 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = Commands(top.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    for group in GROUPS:
-        group.register(commands)
+    for name in GROUPS:
+        register(name)(commands)
     return top
 
 
 _parser = parser  # the name bridge.reference knows
+
+
+def register(group: str) -> Callable[[Commands], None]:
+    """The ``register`` function of the command group ``group``."""
+    function: Callable[[Commands], None] = importlib.import_module(f"{__name__}.{group}").register
+    return function
 
 
 def main(argv: Sequence[str] | None = None) -> int:

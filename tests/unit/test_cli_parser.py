@@ -61,8 +61,8 @@ def test_every_group_registers_commands() -> None:
     top = {path[0] for path, _ in COMMANDS if len(path) == 1}
     for group in cli.GROUPS:
         sub = cli.options.Parser().add_subparsers()
-        group.register(cli.options.Commands(sub))
-        assert sub.choices, f"{group.__name__} registers no command"
+        cli.register(group)(cli.options.Commands(sub))
+        assert sub.choices, f"bridge.cli.{group} registers no command"
         assert set(sub.choices) <= top
 
 
