@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from bridge import codes
+from bridge.codes import Code
 from bridge.errors import Malformed
 
 MAX_PAYLOAD_BYTES = 4096
@@ -90,24 +92,25 @@ class ActivationRequest(BaseModel):
         return value
 
 
-#: Every ``code`` an activation reply can carry (docs/protocol.md, "Codes").
+#: Every ``code`` an activation reply can carry (docs/protocol.md, "Codes"); the same
+#: list as :data:`bridge.codes.REPLY_CODES` (a unit test holds the two together).
 ReplyCode = Literal[
-    "malformed",
-    "invalid_identifier",
-    "unknown_model",
-    "not_approved",
-    "not_claimed",
-    "window_expired",
-    "already_activated",
-    "revoked",
-    "seal_required",
-    "client_id_reserved",
-    "rate_limited",
-    "unavailable",
+    Code.MALFORMED,
+    Code.INVALID_IDENTIFIER,
+    Code.UNKNOWN_MODEL,
+    Code.NOT_APPROVED,
+    Code.NOT_CLAIMED,
+    Code.WINDOW_EXPIRED,
+    Code.ALREADY_ACTIVATED,
+    Code.REVOKED,
+    Code.SEAL_REQUIRED,
+    Code.CLIENT_ID_RESERVED,
+    Code.RATE_LIMITED,
+    Code.UNAVAILABLE,
 ]
-REPLY_CODES: tuple[str, ...] = get_args(ReplyCode)
+REPLY_CODES: tuple[Code, ...] = get_args(ReplyCode)
 #: The codes that always carry ``retry_after``.
-RETRY_AFTER_CODES = ("rate_limited", "unavailable")
+RETRY_AFTER_CODES = codes.RETRY_AFTER_CODES
 Base64 = Annotated[
     str,
     StringConstraints(pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"),
