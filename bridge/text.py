@@ -69,7 +69,7 @@ def is_printable(value: str) -> bool:
 def printable(value: str) -> str:
     """``value`` if it is printable; else ValueError (a pydantic ``AfterValidator``)."""
     if not is_printable(value):
-        raise ValueError("control characters are not allowed")
+        raise ValueError("must not contain control characters")
     return value
 
 
