@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bridge import text
 from bridge.errors import ConfigError
 
 #: A secret any developer could read in this file: accepted only when asked for by name.
@@ -41,7 +42,8 @@ PUBLISHED_SECRETS: frozenset[str] = frozenset(
 MIN_SECRET_BYTES = 32
 _HOW_TO_MAKE_ONE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
-_TOPIC_LEVEL = re.compile(r"[A-Za-z0-9._:-]+(/[A-Za-z0-9._:-]+)*")
+_TOPIC_LEVEL = re.compile(f"[{text.PLAIN_CHARS}]+(/[{text.PLAIN_CHARS}]+)*")
+_SHARE_GROUP = text.plain(text.SHARE_GROUP_MAX)
 _LISTEN_ADDR = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{0,4})")
 
 
@@ -195,7 +197,7 @@ class Settings(BaseSettings):
     @classmethod
     def _prefix_is_plain(cls, value: str) -> str:
         if not _TOPIC_LEVEL.fullmatch(value):
-            raise ValueError("must be topic levels of [A-Za-z0-9._:-] separated by '/'")
+            raise ValueError(f"must be topic levels of [{text.PLAIN_CHARS}] separated by '/'")
         return value
 
     @field_validator("metrics_addr")
@@ -208,8 +210,10 @@ class Settings(BaseSettings):
     @field_validator("share_group")
     @classmethod
     def _group_is_plain(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", value):
-            raise ValueError("must be 1..64 characters of [A-Za-z0-9._:-]")
+        if value is not None and not _SHARE_GROUP.fullmatch(value):
+            raise ValueError(
+                f"must be 1..{text.SHARE_GROUP_MAX} characters of [{text.PLAIN_CHARS}]"
+            )
         return value or None
 
     @field_validator("device_topics")

@@ -304,17 +304,16 @@ class DynSec:
     async def _connected(self) -> aiomqtt.Client:
         if self._client is not None:
             return self._client
-        stack = contextlib.AsyncExitStack()
-        try:
+        # The stack closes the connection on any failure or cancellation before the
+        # client is ready; once it is, pop_all() hands the connection to self._stack.
+        async with contextlib.AsyncExitStack() as stack:
             client = await stack.enter_async_context(
                 mqtt.client(self._endpoint, self._client_id, persistent=False)
             )
             await client.subscribe(RESPONSE_TOPIC, qos=1)
             await self._enforce_defaults(client)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack, self._client = stack, client
+            self._stack = stack.pop_all()
+        self._client = client
         return client
 
     async def _enforce_defaults(self, client: aiomqtt.Client) -> None:

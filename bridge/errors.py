@@ -1,9 +1,9 @@
 """The bridge's one exception tree.
 
 Every failure the bridge reports to a person or a device is a ``BridgeError``
-carrying a protocol ``code`` and one clear sentence (``message``). Foreign
-exceptions (asyncpg, aiomqtt, OS errors) are translated into this tree once, at
-the boundary that meets them, with ``raise ... from exc``::
+carrying a protocol ``code`` (a :class:`bridge.codes.Code`) and one clear sentence
+(``message``). Foreign exceptions (asyncpg, aiomqtt, OS errors) are translated into
+this tree once, at the boundary that meets them, with ``raise ... from exc``::
 
     BridgeError                     code, message
     ├── RequestError                a refusal; answered to the requester
@@ -12,9 +12,6 @@ the boundary that meets them, with ``raise ... from exc``::
     │   ├── UnknownModel            "unknown_model"
     │   ├── NotApproved             "not_approved"
     │   ├── NotClaimed              "not_claimed"
-    │   ├── WindowExpired           "window_expired"
-    │   ├── AlreadyActivated        "already_activated"
-    │   ├── Revoked                 "revoked"
     │   ├── SealRequired            "seal_required" (no public_key; the model delivers sealed)
     │   ├── ClientIdReserved        "client_id_reserved" (names a login not the device's)
     │   ├── ClaimedByOther          "claimed_by_other" (owner side only)
@@ -28,15 +25,20 @@ the boundary that meets them, with ``raise ... from exc``::
     ├── Unavailable                 "unavailable" (retry_after): the database is down
     ├── BrokerAdminError            "broker": the broker did not take a login change
     └── ConfigError                 "config": the bridge cannot start as configured
+
+Refusals decided in the database (``window_expired``, ``already_activated``,
+``revoked``, ...) are answered from the outcome's code and have no class here.
 """
 
 from __future__ import annotations
+
+from bridge.codes import Code
 
 
 class BridgeError(Exception):
     """Root of every error the bridge raises on purpose."""
 
-    code: str = "error"
+    code: Code = Code.ERROR
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -57,13 +59,13 @@ class RequestError(BridgeError):
 
 
 class Malformed(RequestError):
-    code = "malformed"
+    code = Code.MALFORMED
 
 
 class InvalidIdentifier(RequestError):
     """An identifier cannot be a number of the model's kind."""
 
-    code = "invalid_identifier"
+    code = Code.INVALID_IDENTIFIER
 
     def __init__(self, kind: str, presented: str, reason: str) -> None:
         # identifiers imports this module, so its name table is looked up late.
@@ -76,65 +78,53 @@ class InvalidIdentifier(RequestError):
 
 
 class UnknownModel(RequestError):
-    code = "unknown_model"
+    code = Code.UNKNOWN_MODEL
 
 
 class NotApproved(RequestError):
-    code = "not_approved"
+    code = Code.NOT_APPROVED
 
 
 class NotClaimed(RequestError):
-    code = "not_claimed"
-
-
-class WindowExpired(RequestError):
-    code = "window_expired"
-
-
-class AlreadyActivated(RequestError):
-    code = "already_activated"
-
-
-class Revoked(RequestError):
-    code = "revoked"
+    code = Code.NOT_CLAIMED
 
 
 class SealRequired(RequestError):
     """A request without ``public_key`` for a model that delivers keys only sealed."""
 
-    code = "seal_required"
+    code = Code.SEAL_REQUIRED
 
 
 class ClientIdReserved(RequestError):
-    code = "client_id_reserved"
+    code = Code.CLIENT_ID_RESERVED
 
 
 class ClaimedByOther(RequestError):
-    code = "claimed_by_other"
+    code = Code.CLAIMED_BY_OTHER
 
 
 class NotOwner(RequestError):
-    code = "not_owner"
+    code = Code.NOT_OWNER
 
 
 class Conflict(RequestError):
-    code = "conflict"
+    code = Code.CONFLICT
 
 
 class NotFound(RequestError):
-    code = "not_found"
+    code = Code.NOT_FOUND
 
 
 class Unauthorized(RequestError):
-    code = "unauthorized"
+    code = Code.UNAUTHORIZED
 
 
 class Forbidden(RequestError):
-    code = "forbidden"
+    code = Code.FORBIDDEN
 
 
 class RateLimited(RequestError):
-    code = "rate_limited"
+    code = Code.RATE_LIMITED
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
@@ -144,13 +134,13 @@ class RateLimited(RequestError):
 class TooLarge(RequestError):
     """A request over one of the documented caps (body size, rows, numbers); HTTP 413."""
 
-    code = "too_large"
+    code = Code.TOO_LARGE
 
 
 class Unavailable(BridgeError):
     """Infrastructure is down; the requester should retry after ``retry_after`` s."""
 
-    code = "unavailable"
+    code = Code.UNAVAILABLE
 
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
@@ -160,28 +150,10 @@ class Unavailable(BridgeError):
 class BrokerAdminError(BridgeError):
     """The broker's dynamic-security plugin did not answer or refused a command."""
 
-    code = "broker"
+    code = Code.BROKER
 
 
 class ConfigError(BridgeError):
     """The bridge cannot start or run a command as configured."""
 
-    code = "config"
-
-
-#: Error classes by protocol code, for rebuilding an error from a stored outcome.
-BY_CODE: dict[str, type[RequestError]] = {
-    cls.code: cls
-    for cls in (
-        Malformed,
-        UnknownModel,
-        NotApproved,
-        NotClaimed,
-        WindowExpired,
-        AlreadyActivated,
-        Revoked,
-        ClaimedByOther,
-        NotOwner,
-        Conflict,
-    )
-}
+    code = Code.CONFIG

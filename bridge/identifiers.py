@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import unicodedata
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Final, Protocol
@@ -39,11 +38,12 @@ from typing import Final, Protocol
 import re2
 
 from bridge.errors import InvalidIdentifier, Malformed
+from bridge.text import IDENTIFIER_MAX, first_invisible
 
-#: The protocol caps the ``identifier`` field at 64 characters. The cap lives
-#: here, not only in the payload check, so that the MQTT door and the owner-side
-#: door (claim, approve) accept exactly the same values.
-MAX_LENGTH: Final = 64
+#: The protocol caps the ``identifier`` field at 64 characters (:mod:`bridge.text`).
+#: The parser applies the cap, not only the payload check, so that the MQTT door and
+#: the owner-side door (claim, approve) accept exactly the same values.
+MAX_LENGTH: Final = IDENTIFIER_MAX
 
 #: The claim step suggests an approved identifier only when the typed value
 #: differs from it in this many look-alike positions at most: more than that is
@@ -122,11 +122,6 @@ _MAC_LAYOUT: Final = re.compile(
 # dashes, slashes or dots between the groups; where they go carries no meaning.
 _DIGIT_SEPARATORS: Final = frozenset("-/.")
 
-# Characters that cannot be seen or typed on purpose (control, format such as
-# zero-width space, surrogates, private use, unassigned, line/paragraph
-# separators): they arrive by copy-and-paste accident and would make two
-# identical-looking identifiers differ.
-_INVISIBLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 # Sticker misreadings, letter -> the digit it is mistaken for (and back).
 _FOLD: Final = {"O": "0", "I": "1", "L": "1", "S": "5", "B": "8", "Z": "2", "G": "6"}
@@ -172,9 +167,11 @@ def _parse(kind: Kind, text: str, pattern: str | None) -> str:
     stripped = text.strip()
     if not stripped:
         raise _Refused("it is empty")
-    for char in stripped:
-        if unicodedata.category(char) in _INVISIBLE_CATEGORIES:
-            raise _Refused(f"it contains the invisible or control character U+{ord(char):04X}")
+    # Characters that cannot be seen or typed on purpose arrive by copy-and-paste
+    # accident and would make two identical-looking identifiers differ.
+    invisible = first_invisible(stripped)
+    if invisible is not None:
+        raise _Refused(f"it contains the invisible or control character U+{ord(invisible):04X}")
     if kind is Kind.MAC:
         return _parse_mac(stripped)
     if kind is Kind.IMEI:

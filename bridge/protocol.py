@@ -11,7 +11,6 @@ the builders write the bytes, the models (and tests) hold them to the contract.
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -26,38 +25,29 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from bridge import codes, text
+from bridge.codes import Code
 from bridge.errors import Malformed
 
 MAX_PAYLOAD_BYTES = 4096
 PROTOCOL_VERSION = 1
 
-CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+CLIENT_ID_RE = text.plain(text.CLIENT_ID_MAX)
+REQUEST_ID_RE = text.plain(text.REQUEST_ID_MAX)
 
-#: Control characters (C0, DEL, C1) and lone surrogates. PostgreSQL refuses NUL in text
-#: and a surrogate cannot be encoded at all, so either would fail deep in the store;
-#: the others have no place in a name or a sticker number and would reach the audit log
-#: and terminals. Refused at the door instead: ``malformed``.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _printable(value: str) -> str:
-    if _UNPRINTABLE.search(value):
-        raise ValueError("control characters are not allowed")
-    return value
-
-
-RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+RequestId = Annotated[
+    str, StringConstraints(pattern=f"^[{text.PLAIN_CHARS}]{{1,{text.REQUEST_ID_MAX}}}$")
+]
 #: The device proof: lowercase hex of an HMAC-SHA256 (see :func:`bridge.keys.device_proof`).
 Proof = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-#: What :func:`_printable` refuses, for the JSON Schema (ECMA-262 syntax; the schema
-#: cannot name lone surrogates, which no UTF-8 payload can carry unescaped anyway).
-_PRINTABLE_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+#: Vendor, model and identifier: printable (:mod:`bridge.text`: control characters and
+#: lone surrogates are ``malformed`` at the door, not failures deep in the store).
+#: Invisible characters are the identifier parser's to refuse (``invalid_identifier``).
 Text64 = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=64),
-    AfterValidator(_printable),
-    Field(json_schema_extra={"pattern": _PRINTABLE_PATTERN}),
+    StringConstraints(min_length=1, max_length=text.NAME_MAX),
+    AfterValidator(text.printable),
+    Field(json_schema_extra={"pattern": text.PRINTABLE_PATTERN}),
 ]
 #: Standard base64 of 32 bytes, for the JSON Schema only: the parser decodes the key
 #: and refuses low-order points (:func:`bridge.keys.decode_public_key`).
@@ -90,24 +80,25 @@ class ActivationRequest(BaseModel):
         return value
 
 
-#: Every ``code`` an activation reply can carry (docs/protocol.md, "Codes").
+#: Every ``code`` an activation reply can carry (docs/protocol.md, "Codes"); the same
+#: list as :data:`bridge.codes.REPLY_CODES` (a unit test holds the two together).
 ReplyCode = Literal[
-    "malformed",
-    "invalid_identifier",
-    "unknown_model",
-    "not_approved",
-    "not_claimed",
-    "window_expired",
-    "already_activated",
-    "revoked",
-    "seal_required",
-    "client_id_reserved",
-    "rate_limited",
-    "unavailable",
+    Code.MALFORMED,
+    Code.INVALID_IDENTIFIER,
+    Code.UNKNOWN_MODEL,
+    Code.NOT_APPROVED,
+    Code.NOT_CLAIMED,
+    Code.WINDOW_EXPIRED,
+    Code.ALREADY_ACTIVATED,
+    Code.REVOKED,
+    Code.SEAL_REQUIRED,
+    Code.CLIENT_ID_RESERVED,
+    Code.RATE_LIMITED,
+    Code.UNAVAILABLE,
 ]
-REPLY_CODES: tuple[str, ...] = get_args(ReplyCode)
+REPLY_CODES: tuple[Code, ...] = get_args(ReplyCode)
 #: The codes that always carry ``retry_after``.
-RETRY_AFTER_CODES = ("rate_limited", "unavailable")
+RETRY_AFTER_CODES = codes.RETRY_AFTER_CODES
 Base64 = Annotated[
     str,
     StringConstraints(pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"),
@@ -256,11 +247,12 @@ def _json_type(value: object) -> str:
     return "number"
 
 
+_PRINTABLE_RULE = f"a string of 1 to {text.NAME_MAX} characters, none of them control characters"
 _FIELD_RULES = {
-    "request_id": "1 to 64 characters of A-Z a-z 0-9 . _ : -",
-    "vendor": "a string of 1 to 64 characters, none of them control characters",
-    "model": "a string of 1 to 64 characters, none of them control characters",
-    "identifier": "a string of 1 to 64 characters, none of them control characters",
+    "request_id": f"1 to {text.REQUEST_ID_MAX} characters of A-Z a-z 0-9 . _ : -",
+    "vendor": _PRINTABLE_RULE,
+    "model": _PRINTABLE_RULE,
+    "identifier": _PRINTABLE_RULE,
     "public_key": "a standard base64 string of a 32-byte X25519 public key",
     "proof": "64 lowercase hex characters (an HMAC-SHA256)",
     "v": "1",

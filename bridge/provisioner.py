@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bridge import identifiers, keys, protocol
+from bridge.codes import Code
 from bridge.errors import (
     BridgeError,
     ClientIdReserved,
@@ -80,7 +81,7 @@ class Reply:
     """What to publish on the device's reply topic, and what to log about it."""
 
     payload: bytes
-    code: str
+    code: Code
     request_id: str | None
     identifier: str | None = None
 
@@ -163,7 +164,7 @@ class Provisioner:
         await self._audit_quietly(
             AuditEntry(
                 "activate",
-                "malformed",
+                Code.MALFORMED,
                 actor="device",
                 request_id=protocol.request_id_of(payload),
                 detail=f"topic {topic[:200]!r} carries no valid client id; not answered",
@@ -174,7 +175,7 @@ class Provisioner:
         rid = request.request_id
         audit = AuditEntry(
             "activate",
-            "",
+            Code.ERROR,  # a template: _refuse writes the refusal's code
             actor="device",
             client_id=client_id,
             request_id=rid,
@@ -255,12 +256,12 @@ class Provisioner:
             # A client id is a broker login only where devices get logins.
             device_logins=self._accounts is not None,
         )
-        if outcome.code == "rate_limited":
+        if outcome.code == Code.RATE_LIMITED:
             self._guessing(model.vendor, model.model, outcome.limited_by)
             return _rate_limited(rid, outcome.retry_after or 1, canonical)
-        if outcome.code == "ok" and outcome.replay is None:
+        if outcome.code == Code.OK and outcome.replay is None:
             await self._open_broker_account(client_id, key, outcome.replaced_client_id)
-        if outcome.code == "ok":
+        if outcome.code == Code.OK:
             if outcome.replay is not None:
                 replayed = self._cipher.decrypt(outcome.replay, aad)
                 if replayed is None:
@@ -271,13 +272,13 @@ class Provisioner:
                         "re-enable the device to activate it again."
                     )
                     return Reply(
-                        protocol.error_reply(rid, "already_activated", message),
-                        "already_activated",
+                        protocol.error_reply(rid, Code.ALREADY_ACTIVATED, message),
+                        Code.ALREADY_ACTIVATED,
                         rid,
                         canonical,
                     )
                 body = replayed
-            return Reply(body, "ok", rid, canonical)
+            return Reply(body, Code.OK, rid, canonical)
         message = _refusal(outcome, model, canonical)
         return Reply(protocol.error_reply(rid, outcome.code, message), outcome.code, rid, canonical)
 
@@ -291,7 +292,7 @@ class Provisioner:
             return None
         audit = AuditEntry(
             "activate",
-            "",
+            Code.ERROR,  # a template: _refuse writes the refusal's code
             actor="device",
             client_id=client_id,
             request_id=request.request_id,
@@ -434,14 +435,16 @@ class Provisioner:
 
 #: Refusals decided in Python that are guesses, counted against the client id
 #: (not_approved: a missing or wrong device proof).
-_COUNTED_BEFORE_THE_DATABASE = frozenset({"unknown_model", "invalid_identifier", "not_approved"})
+_COUNTED_BEFORE_THE_DATABASE = frozenset(
+    {Code.UNKNOWN_MODEL, Code.INVALID_IDENTIFIER, Code.NOT_APPROVED}
+)
 
 
 def _rate_limited(request_id: str | None, retry_after: int, identifier: str | None) -> Reply:
     # The same sentence whichever limit was passed: a guesser learns nothing from it.
     message = f"Too many failed activation attempts; retry after {retry_after} seconds."
-    body = protocol.error_reply(request_id, "rate_limited", message, retry_after)
-    return Reply(body, "rate_limited", request_id, identifier)
+    body = protocol.error_reply(request_id, Code.RATE_LIMITED, message, retry_after)
+    return Reply(body, Code.RATE_LIMITED, request_id, identifier)
 
 
 def _replay_aad(client_id: str, request_id: str) -> bytes:
@@ -460,29 +463,29 @@ def _refusal(outcome: ActivationOutcome, model: ModelRow, canonical: str) -> str
     """One sentence for a refusal decided in the database (device-facing: no suggestions)."""
     what = f"{identifiers.kind_name(model.kind)} {identifiers.display(model.kind, canonical)}"
     where = f"{model.vendor}/{model.model}"
-    if outcome.code == "not_approved":
+    if outcome.code == Code.NOT_APPROVED:
         return _not_approved(model, canonical)
-    if outcome.code == "not_claimed":
+    if outcome.code == Code.NOT_CLAIMED:
         return (
             f"The {what} is approved for {where} but no owner has claimed it yet; "
             "the owner must add it to their account first."
         )
-    if outcome.code == "window_expired":
+    if outcome.code == Code.WINDOW_EXPIRED:
         return (
             f"The activation window of the {what} has closed; "
             "the owner can re-enable the device to open a new one."
         )
-    if outcome.code == "already_activated":
+    if outcome.code == Code.ALREADY_ACTIVATED:
         return (
             f"A key was already issued for the {what}; "
             "the device must be re-enabled before it can activate again."
         )
-    if outcome.code == "revoked":
+    if outcome.code == Code.REVOKED:
         return (
             f"The key of the {what} was revoked; "
             "the device must be re-enabled before it can activate again."
         )
-    if outcome.code == "client_id_reserved":
+    if outcome.code == Code.CLIENT_ID_RESERVED:
         return (
             "This client id is the broker login of another device; "
             "each device must activate with a client id of its own."

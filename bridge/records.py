@@ -1,9 +1,17 @@
-"""Plain records passed between the store and the use cases (no driver types leak out)."""
+"""Plain records passed between the store and the use cases (no driver types leak out).
+
+Outcome codes are :class:`bridge.codes.Code` members: a record built with a plain
+string turns it into its member, so a misspelt code fails where it is made. Fields
+typed ``str`` still take the store's literals until the store speaks ``Code``; narrow
+them to ``Code`` then, and mypy will name every literal left.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from bridge.codes import Code
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,7 @@ class EnrollmentKeyInfo:
 
 @dataclass(frozen=True)
 class ActivationOutcome:
-    code: str
+    code: Code
     replay: bytes | None
     window_ends_at: datetime | None
     retry_after: int | None = None  # set with code "rate_limited"
@@ -43,6 +51,9 @@ class ActivationOutcome:
     #: with "rate_limited": the limit passed, "client", or "identifier" / "model" (a
     #: failure from many client ids, answered without its reason: guessing suspected)
     limited_by: str | None = None
+
+    def __post_init__(self) -> None:
+        _as_code(self, "code")
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,9 @@ class ClaimOutcome:
     status: str
     window_ends_at: datetime | None = None
 
+    def __post_init__(self) -> None:
+        _as_code(self, "status")
+
 
 @dataclass(frozen=True)
 class AuditEntry:
@@ -128,6 +142,9 @@ class AuditEntry:
     identifier: str | None = None
     detail: str | None = None
     owner: str | None = None
+
+    def __post_init__(self) -> None:
+        _as_code(self, "code")
 
 
 @dataclass(frozen=True)
@@ -182,6 +199,9 @@ class LifecycleOutcome:
     window_ends_at: datetime | None = None
     login: str | None = None
 
+    def __post_init__(self) -> None:
+        _as_code(self, "status")
+
 
 @dataclass(frozen=True)
 class UnapproveOutcome:
@@ -202,3 +222,8 @@ class ApiToken:
     subject: str | None
     created_at: datetime
     revoked_at: datetime | None
+
+
+def _as_code(record: object, name: str) -> None:
+    # Frozen dataclasses: the field is set the way dataclasses set it in __init__.
+    object.__setattr__(record, name, Code(getattr(record, name)))

@@ -33,9 +33,10 @@ _SHOWN_DEFAULTS = {
 
 
 def _actions(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
-    for action in parser._actions:  # argparse offers no public walk over subcommands
+    # argparse offers no public walk over subcommands: its own private names, marked.
+    for action in parser._actions:  # noqa: SLF001
         yield action
-        if isinstance(action, argparse._SubParsersAction):
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
             for sub in action.choices.values():
                 yield from _actions(sub)
 

@@ -410,7 +410,7 @@ class BridgeService:
             return
         try:
             await self._answer(client, message)
-        except BaseException:  # the connection ended (cancelled, or the reply not sent)
+        except (asyncio.CancelledError, Exception):  # cut short (cancelled, reply not sent)
             self._ledger.interrupted(key)
             raise
         self._ledger.finished(key)
@@ -490,5 +490,5 @@ class BridgeService:
 
     def _unavailable(self, request_id: str | None, sentence: str) -> Reply:
         retry_after = self._settings.retry_after_seconds
-        body = protocol.error_reply(request_id, "unavailable", sentence, retry_after)
-        return Reply(body, "unavailable", request_id)
+        body = protocol.error_reply(request_id, Unavailable.code, sentence, retry_after)
+        return Reply(body, Unavailable.code, request_id)

@@ -18,13 +18,13 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bridge import text
 from bridge.errors import Malformed, NotFound, Unauthorized
 from bridge.records import ApiToken
 from bridge.store import Store
 
 _TOKEN = re.compile(r"bt_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 _TOKEN_ID = re.compile(r"[0-9a-f]{12}")
-_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 
 
 class Role(StrEnum):
@@ -77,8 +77,10 @@ async def create_token(
     if role is Role.ADMIN:
         if subject is not None:
             raise Malformed("An administrator token is not issued for a name.")
-    elif subject is None or not _NAME.fullmatch(subject):
-        raise Malformed(f"A {role} token needs the {role}'s name, 1 to 128 printable characters.")
+    elif subject is None or not text.is_person_name(subject):
+        raise Malformed(
+            f"A {role} token needs the {role}'s name, 1 to {text.PERSON_MAX} printable characters."
+        )
     token_id, token = new_token()
     record = await store.add_token(
         token_id=token_id, role=role.value, subject=subject, token_hash=digest(token), actor=actor

@@ -107,6 +107,25 @@ async def new_database(pg: Postgres, name: str) -> str:
     return url
 
 
+async def mac_model(
+    pg: Postgres, name: str, macs: list[str], *, plaintext_keys: bool = True
+) -> tuple[str, str]:
+    """A new database on ``pg`` with the model acme/``name``-1 (MAC, no claim) and ``macs``
+    approved; returns its URL and a topic prefix of its own."""
+    from bridge.admin import Admin  # noqa: PLC0415
+    from bridge.config import Settings  # noqa: PLC0415
+
+    url = await new_database(pg, f"{name}_{secrets.token_hex(4)}")
+    prefix = f"{name}-{secrets.token_hex(4)}/provision"
+    settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
+    async with Admin.connect(settings, actor=name) as admin:
+        await admin.add_model(
+            "acme", f"{name}-1", kind="mac", claim_required=False, plaintext_keys=plaintext_keys
+        )
+        await admin.approve("acme", f"{name}-1", macs)
+    return url, prefix
+
+
 class Broker:
     """Mosquitto with persistence on one port, restartable."""
 

@@ -1,4 +1,5 @@
-"""Fixtures of the fault suite: a PostgreSQL of its own, which the suite may stop and crash."""
+"""Fixtures of the fault suite: a PostgreSQL and a Mosquitto of its own, which it may stop
+and crash."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.faults.cluster import Postgres
+from tests.faults.cluster import Broker, Postgres
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +17,12 @@ def fault_postgres() -> Iterator[Postgres]:
         yield pg
     finally:
         pg.close()
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    """A persistent Mosquitto of the test's own, on a free port; restartable."""
+    b = Broker()
+    b.start()
+    yield b
+    b.close()

@@ -10,30 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
 from bridge import mqtt, protocol
-from bridge.admin import Admin
 from bridge.client import activate_device
-from bridge.config import Settings, parse_mqtt_url
+from bridge.config import parse_mqtt_url
 from bridge.keys import KeyHasher
-from tests.faults.cluster import TEST_SECRET, BridgeProcess, Broker, Postgres, new_database
+from tests.faults.cluster import TEST_SECRET, BridgeProcess, Broker, Postgres, mac_model
 
 MAC = "02:00:00:00:C0:01"
-
-
-@pytest.fixture
-def broker() -> Any:
-    b = Broker()
-    b.start()
-    yield b
-    b.close()
 
 
 async def _committed(url: str) -> bool:
@@ -49,14 +38,7 @@ async def _committed(url: str) -> bool:
 async def test_sigkill_after_commit_then_retry_gets_the_same_key(
     fault_postgres: Postgres, broker: Broker, tmp_path: Path
 ) -> None:
-    url = await new_database(fault_postgres, f"crash_{secrets.token_hex(4)}")
-    prefix = f"crash-{secrets.token_hex(4)}/provision"
-    settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
-    async with Admin.connect(settings, actor="crash") as admin:
-        await admin.add_model(
-            "acme", "crash-1", kind="mac", claim_required=False, plaintext_keys=True
-        )
-        await admin.approve("acme", "crash-1", [MAC])
+    url, prefix = await mac_model(fault_postgres, "crash", [MAC])
     bridge = BridgeProcess(
         client_id="bridge-crash",
         database_url=url,

@@ -138,14 +138,6 @@ def _draw_messages() -> list[tuple[str | None, bytes]]:
     return drawn[:MESSAGES]
 
 
-@pytest.fixture
-def broker() -> Any:
-    b = Broker()
-    b.start()
-    yield b
-    b.close()
-
-
 async def _audit_count(url: str) -> int:
     conn = await asyncpg.connect(url)
     try:

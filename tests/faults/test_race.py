@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -14,21 +12,12 @@ import asyncpg
 import pytest
 
 from bridge import mqtt, protocol
-from bridge.admin import Admin
-from bridge.config import Settings, parse_mqtt_url
+from bridge.config import parse_mqtt_url
 from bridge.keys import KeyHasher
-from tests.faults.cluster import TEST_SECRET, Broker, Postgres, new_database, replica_set
+from tests.faults.cluster import TEST_SECRET, Broker, Postgres, mac_model, replica_set
 
 CLIENTS = 100
 MAC = "02:00:00:00:AA:01"
-
-
-@pytest.fixture
-def broker() -> Any:
-    b = Broker()
-    b.start()
-    yield b
-    b.close()
 
 
 async def _reply(client: aiomqtt.Client) -> dict[str, Any]:
@@ -43,14 +32,7 @@ async def _reply(client: aiomqtt.Client) -> dict[str, Any]:
 async def test_hundred_clients_one_identifier_three_bridges_exactly_one_ok(
     fault_postgres: Postgres, broker: Broker
 ) -> None:
-    url = await new_database(fault_postgres, f"race_{secrets.token_hex(4)}")
-    prefix = f"race-{secrets.token_hex(4)}/provision"
-    settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
-    async with Admin.connect(settings, actor="race") as admin:
-        await admin.add_model(
-            "acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True
-        )
-        await admin.approve("acme", "race-1", [MAC])
+    url, prefix = await mac_model(fault_postgres, "race", [MAC])
 
     endpoint = parse_mqtt_url(broker.url)
     async with (

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -20,20 +19,11 @@ import asyncpg
 import pytest
 
 from bridge import mqtt, protocol
-from bridge.admin import Admin
-from bridge.config import Settings, parse_mqtt_url
+from bridge.config import parse_mqtt_url
 from bridge.keys import KeyHasher
-from tests.faults.cluster import TEST_SECRET, BridgeProcess, Broker, Postgres, new_database
+from tests.faults.cluster import TEST_SECRET, BridgeProcess, Broker, Postgres, mac_model
 
 DEVICES = 200
-
-
-@pytest.fixture
-def broker() -> Any:
-    b = Broker()
-    b.start()
-    yield b
-    b.close()
 
 
 def _mac(n: int) -> str:
@@ -44,14 +34,7 @@ def _mac(n: int) -> str:
 async def test_requests_in_hand_when_killed_are_delivered_again(
     fault_postgres: Postgres, broker: Broker, tmp_path: Path
 ) -> None:
-    url = await new_database(fault_postgres, f"redeliver_{secrets.token_hex(4)}")
-    prefix = f"redeliver-{secrets.token_hex(4)}/provision"
-    settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
-    async with Admin.connect(settings, actor="redeliver") as admin:
-        await admin.add_model(
-            "acme", "redeliver-1", kind="mac", claim_required=False, plaintext_keys=True
-        )
-        await admin.approve("acme", "redeliver-1", [_mac(n) for n in range(DEVICES)])
+    url, prefix = await mac_model(fault_postgres, "redeliver", [_mac(n) for n in range(DEVICES)])
     # Two workers: a backlog builds up, and the kill lands in the middle of it.
     bridge = BridgeProcess(
         client_id="bridge-redeliver",

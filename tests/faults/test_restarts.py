@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import signal
 from pathlib import Path
 from typing import Any
@@ -25,30 +24,13 @@ import aiomqtt
 import pytest
 
 from bridge import mqtt, protocol
-from bridge.admin import Admin
 from bridge.client import activate_device
-from bridge.config import Settings, parse_mqtt_url
-from tests.faults.cluster import TEST_SECRET, BridgeProcess, Broker, Postgres, new_database
-
-
-@pytest.fixture
-def broker() -> Any:
-    b = Broker()
-    b.start()
-    yield b
-    b.close()
+from bridge.config import parse_mqtt_url
+from tests.faults.cluster import BridgeProcess, Broker, Postgres, mac_model
 
 
 async def _setup(pg: Postgres, macs: list[str]) -> tuple[str, str]:
-    url = await new_database(pg, f"restart_{secrets.token_hex(4)}")
-    prefix = f"restart-{secrets.token_hex(4)}/provision"
-    settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
-    async with Admin.connect(settings, actor="restart") as admin:
-        await admin.add_model(
-            "acme", "restart-1", kind="mac", claim_required=False, plaintext_keys=True
-        )
-        await admin.approve("acme", "restart-1", macs)
-    return url, prefix
+    return await mac_model(pg, "restart", macs)
 
 
 @pytest.mark.slow

@@ -12,39 +12,23 @@ for the dead bridge.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bridge.admin import Admin
 from bridge.client import activate_device
-from bridge.config import Settings, parse_mqtt_url
-from tests.faults.cluster import TEST_SECRET, BridgeProcess, Broker, Postgres, new_database
+from bridge.config import parse_mqtt_url
+from tests.faults.cluster import BridgeProcess, Broker, Postgres, mac_model
 
 DEVICES = 8
-
-
-@pytest.fixture
-def broker() -> Any:
-    b = Broker()
-    b.start()
-    yield b
-    b.close()
 
 
 @pytest.mark.slow
 async def test_killed_member_of_a_share_group_holds_back_no_request(
     fault_postgres: Postgres, broker: Broker, tmp_path: Path
 ) -> None:
-    url = await new_database(fault_postgres, f"sharekill_{secrets.token_hex(4)}")
-    prefix = f"sharekill-{secrets.token_hex(4)}/provision"
-    settings = Settings(database_url=url, secret=TEST_SECRET, state_dir=Path("/nonexistent"))
     macs = [f"0200000E{n:04X}" for n in range(DEVICES)]
-    async with Admin.connect(settings, actor="sharekill") as admin:
-        await admin.add_model("acme", "sharekill-1", kind="mac", claim_required=False)
-        await admin.approve("acme", "sharekill-1", macs)
+    url, prefix = await mac_model(fault_postgres, "sharekill", macs, plaintext_keys=False)
     bridges = [
         BridgeProcess(
             client_id=f"bridge-sharekill-{n}",

@@ -13,24 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import aiomqtt
-import pytest
 
 from bridge import mqtt
 from bridge.config import parse_mqtt_url
 from tests.faults.cluster import Broker
 
 GROUP_TOPIC = "$share/g/exp/+"
-
-
-@pytest.fixture
-def broker() -> Any:
-    b = Broker()
-    b.start()
-    yield b
-    b.close()
 
 
 async def _drain(client: aiomqtt.Client, seconds: float) -> list[int]:

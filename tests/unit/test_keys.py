@@ -33,7 +33,7 @@ def test_keyed_hash_verifies_and_depends_on_the_secret() -> None:
 
 
 def test_seal_matches_an_independent_implementation_of_the_contract() -> None:
-    """Decrypt with the steps of protocol-v1.md written out here, not with keys.unseal."""
+    """Decrypt with the steps of docs/protocol.md section 8 written out here, not keys.unseal."""
     device = X25519PrivateKey.generate()
     device_public = device.public_key().public_bytes_raw()
     key = keys.generate_key()

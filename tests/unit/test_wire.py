@@ -289,6 +289,7 @@ def test_every_reply_fits_the_documented_2048_byte_buffer() -> None:
     128-character client id, a 64-character request id, a 128-hex-character key.
     """
     from bridge import identifiers, provisioner  # noqa: PLC0415
+    from bridge.codes import Code  # noqa: PLC0415
     from bridge.errors import InvalidIdentifier  # noqa: PLC0415
     from bridge.logins import LoginNamespace  # noqa: PLC0415
     from bridge.records import ActivationOutcome, ModelRow  # noqa: PLC0415
@@ -300,7 +301,7 @@ def test_every_reply_fits_the_documented_2048_byte_buffer() -> None:
         identifiers.normalize("serial", "\U0001d539" * 64, model.pattern)
     messages = [refused.value.message, provisioner._not_approved(model, name)]
     messages += [
-        provisioner._refusal(ActivationOutcome(code, None, None), model, name)
+        provisioner._refusal(ActivationOutcome(Code(code), None, None), model, name)
         for code in ("not_claimed", "window_expired", "already_activated", "revoked")
     ]
     reserved = LoginNamespace(["c" * 128], bridge_client_id="bridge-x").refusal("c" * 128)
