@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,6 +55,7 @@ from bridge.records import (
     ModelRow,
 )
 from bridge.store import Store
+from bridge.text import check_name
 from bridge.tokens import IssuedToken, Role
 
 #: Device states, as ``bridge list --state`` accepts them.
@@ -171,9 +171,7 @@ class Admin:
             kinds = ", ".join(k.value for k in identifiers.Kind)
             raise Malformed(f"The kind {kind!r} is not one of {kinds}.") from exc
         for label, value in (("vendor", vendor), ("model", model)):
-            if not 1 <= len(value) <= 64:
-                raise Malformed(f"The {label} name must be 1 to 64 characters.")
-            _check_name(label, value)
+            check_name(label, value)
         if pattern is not None:
             if kind != identifiers.Kind.SERIAL:
                 raise Malformed("A --pattern applies only to models whose kind is serial.")
@@ -721,28 +719,6 @@ def _any_kind(text: str) -> tuple[str, ...]:
         with contextlib.suppress(InvalidIdentifier):
             found[identifiers.normalize(kind, text)] = None
     return tuple(found)
-
-
-def _check_name(label: str, value: str) -> None:
-    """A new vendor or model name must be addressable and display as it is stored.
-
-    A name is a path segment of the HTTP API (no "/", not "." or ".."), is shown on
-    the owner page, in the audit log and in terminals (no control or format characters:
-    a right-to-left override would display it reversed), and is typed by people (no
-    leading or trailing space). Names registered before this rule keep working.
-    """
-    if "/" in value or value in {".", ".."}:
-        raise Malformed(f"The {label} name {value!r} cannot contain '/' or be '.' or '..'.")
-    if value != value.strip():
-        raise Malformed(f"The {label} name {value!r} must not start or end with a space.")
-    bad = next(
-        (c for c in value if c != " " and unicodedata.category(c).startswith(("C", "Z"))), None
-    )
-    if bad is not None:
-        raise Malformed(
-            f"The {label} name contains the invisible or control character U+{ord(bad):04X}; "
-            "use printable characters."
-        )
 
 
 def _check_pattern(pattern: str) -> None:
