@@ -48,7 +48,8 @@ def _raw(key: X25519PrivateKey) -> str:
 
 
 async def _fill(settings: Settings) -> dict[str, Any]:
-    facts: dict[str, Any] = {"secret": settings.secret.get_secret_value() if settings.secret else None}
+    assert settings.secret is not None
+    facts: dict[str, Any] = {"secret": settings.secret.get_secret_value()}
     replies: list[dict[str, Any]] = []
     async with Admin.connect(settings, actor="fixture") as admin:
         await admin.store.migrate()
@@ -194,7 +195,6 @@ async def _fill(settings: Settings) -> dict[str, Any]:
 
 
 async def main(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     with services.postgres() as server, services.mosquitto() as mqtt_url:
         name = "bridge_fixture"
         conn = await asyncpg.connect(server)
@@ -239,4 +239,5 @@ async def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
     asyncio.run(main(Path(sys.argv[1])))
