@@ -71,7 +71,7 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class AuditTally:
-    """How device failures are tallied in the audit log (schemas/008).
+    """How device failures are tallied in the audit log (schemas/functions/tally.sql).
 
     One row per (client id, action, code) per ``window_seconds``, with a count; at most
     ``clients`` such rows per code and window, the rest counted in one row whose client
