@@ -1,6 +1,6 @@
 """The database ceiling: the bridge's own activation statement, pgbench-style.
 
-N asyncpg connections each run ``SELECT * FROM bridge_activate_throttled(...)`` back to back on
+N asyncpg connections each run the bridge's ``bridge_activate(...)`` statement back to back on
 fresh claimed identifiers, with arguments shaped like the bridge's (a 32-byte key hash,
 a sealed reply of the size the bridge stores), through the same prepared statement
 asyncpg caches for the bridge. Every call is its own transaction and is committed with
@@ -17,21 +17,13 @@ import time
 import asyncpg
 from loadgen import Identifiers, RunResult
 
-from bridge.records import AuditTally, RateLimit
-from bridge.store import ACTIVATE_STATEMENT as STATEMENT  # the bridge's own statement
+from bridge.db.activations import ACTIVATE_STATEMENT as STATEMENT  # the bridge's own
+from bridge.db.activations import statement_arguments
+from bridge.records import Activation, AuditTally, RateLimit
 
-# The bridge's defaults: the throttle (client, identifier, model, window), the audit
-# tally (window, client ids), and no device logins (the bench broker gives none).
+# The bridge's defaults: the throttle, the audit tally, and no device logins (the bench
+# broker gives none).
 _LIMIT, _TALLY = RateLimit(), AuditTally()
-THROTTLE = (
-    _LIMIT.failures,
-    _LIMIT.identifier_failures,
-    _LIMIT.model_failures,
-    _LIMIT.window_seconds,
-    _TALLY.window_seconds,
-    _TALLY.clients,
-    False,
-)
 REPLY_BYTES = 12 + 16 + 170  # nonce + tag + a plain-key reply of protocol v1
 
 
@@ -60,20 +52,25 @@ async def run(
             if identifier is None:
                 return
             sent_count += 1
-            sent = time.perf_counter()
-            row = await conn.fetchrow(
-                STATEMENT,
-                f"bench-db-{n}",
-                f"r{sent_count}",
-                model_id,
-                identifier,
-                identifier,
-                "benchkeyid",
-                key_hash,
-                reply,
-                600,
-                *THROTTLE,
+            activation = Activation(
+                client_id=f"bench-db-{n}",
+                client_limit=_LIMIT.failures,
+                device_logins=False,
+                grace_seconds=600,
+                identifier=identifier,
+                identifier_limit=_LIMIT.identifier_failures,
+                key_hash=key_hash,
+                key_id="benchkeyid",
+                model_id=model_id,
+                model_limit=_LIMIT.model_failures,
+                presented=identifier,
+                reply=reply,
+                request_id=f"r{sent_count}",
+                window_seconds=_LIMIT.window_seconds,
             )
+            arguments = statement_arguments(activation, _TALLY)
+            sent = time.perf_counter()
+            row = await conn.fetchrow(STATEMENT, *arguments)
             done = time.perf_counter()
             result.completed += 1
             if sent >= measure_from:

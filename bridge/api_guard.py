@@ -171,8 +171,7 @@ class RequestGuard:
         except TimeoutError:
             self._bodies -= 1
             raise Malformed(
-                f"The request body did not arrive within {BODY_SECONDS:g} seconds; "
-                "send it at once."
+                f"The request body did not arrive within {BODY_SECONDS:g} seconds; send it at once."
             ) from None
         except BaseException:
             self._bodies -= 1

@@ -3,8 +3,9 @@
 Imports neither aiomqtt nor asyncpg: it is handed a store (anything with the
 methods of :class:`ActivationStore`) and a clock, so it can be reasoned about
 without a broker. The decision itself happens in the database, in one round trip
-(``bridge_activate_throttled``); this module prepares the candidate key and reply before
-that round trip and words the outcome after it. One check comes first, in memory:
+(``bridge_activate``, schemas/functions/transitions/activate.sql); this module
+prepares the candidate key and reply before that round trip and words the outcome
+after it. One check comes first, in memory:
 a client id that names an operator's broker login is refused (``client_id_reserved``)
 before the database is asked anything (:mod:`bridge.logins`).
 """
@@ -31,7 +32,14 @@ from bridge.errors import (
     Unavailable,
     UnknownModel,
 )
-from bridge.records import ActivationOutcome, AuditEntry, ModelRow, RateLimit, Refusal
+from bridge.records import (
+    Activation,
+    ActivationOutcome,
+    AuditEntry,
+    ModelRow,
+    RateLimit,
+    Refusal,
+)
 
 log = logging.getLogger("bridge.provisioner")
 
@@ -41,21 +49,7 @@ class ActivationStore(Protocol):
 
     async def get_model(self, vendor: str, model: str) -> ModelRow | None: ...
 
-    async def activate(
-        self,
-        *,
-        client_id: str,
-        request_id: str,
-        model_id: int,
-        identifier: str,
-        presented: str,
-        key_id: str,
-        key_hash: bytes,
-        reply: bytes,
-        grace_seconds: int,
-        limit: RateLimit,
-        device_logins: bool = False,
-    ) -> ActivationOutcome: ...
+    async def activate(self, activation: Activation) -> ActivationOutcome: ...
 
     async def refuse(self, entry: AuditEntry, limit: RateLimit) -> Refusal: ...
 
@@ -243,18 +237,23 @@ class Provisioner:
             body = protocol.ok_reply(rid, model.vendor, model.model, canonical, key=key)
         aad = _replay_aad(client_id, rid)
         outcome = await self._store.activate(
-            client_id=client_id,
-            request_id=rid,
-            model_id=model.id,
-            identifier=canonical,
-            presented=request.identifier,
-            key_id=self._hasher.key_id,
-            key_hash=self._hasher.hash(key),
-            reply=self._cipher.encrypt(body, aad),
-            grace_seconds=self._grace,
-            limit=self._limit,
-            # A client id is a broker login only where devices get logins.
-            device_logins=self._accounts is not None,
+            Activation(
+                client_id=client_id,
+                client_limit=self._limit.failures,
+                # A client id is a broker login only where devices get logins.
+                device_logins=self._accounts is not None,
+                grace_seconds=self._grace,
+                identifier=canonical,
+                identifier_limit=self._limit.identifier_failures,
+                key_hash=self._hasher.hash(key),
+                key_id=self._hasher.key_id,
+                model_id=model.id,
+                model_limit=self._limit.model_failures,
+                presented=request.identifier,
+                reply=self._cipher.encrypt(body, aad),
+                request_id=rid,
+                window_seconds=self._limit.window_seconds,
+            )
         )
         if outcome.code == Code.RATE_LIMITED:
             self._guessing(model.vendor, model.model, outcome.limited_by)

@@ -82,7 +82,7 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class AuditTally:
-    """How device failures are tallied in the audit log (schemas/008).
+    """How device failures are tallied in the audit log (schemas/functions/tally.sql).
 
     One row per (client id, action, code) per ``window_seconds``, with a count; at most
     ``clients`` such rows per code and window, the rest counted in one row whose client
@@ -227,3 +227,34 @@ class ApiToken:
 def _as_code(record: object, name: str) -> None:
     # Frozen dataclasses: the field is set the way dataclasses set it in __init__.
     object.__setattr__(record, name, Code(getattr(record, name)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Activation:
+    """One activation's arguments: each field is the parameter ``p_<name>`` of
+    ``bridge_activate`` (schemas/functions/transitions/activate.sql), passed by name.
+
+    Fields are in name order (tests/unit/test_activation_record.py checks), so a new
+    argument is this field, that parameter, and the caller that fills it. SQL types
+    follow the Python ones (str text, int integer, bytes bytea, bool boolean) unless a
+    field's metadata names another.
+    """
+
+    client_id: str
+    #: failures a client id may have in a window (RateLimit.failures)
+    client_limit: int
+    #: devices get broker logins named by their client id: another's is refused
+    device_logins: bool
+    #: how long the stored reply answers a retry of the same request
+    grace_seconds: int
+    identifier: str
+    identifier_limit: int
+    key_hash: bytes
+    key_id: str
+    model_id: int = field(metadata={"sql": "bigint"})
+    model_limit: int
+    presented: str
+    reply: bytes
+    request_id: str
+    #: the throttle's window (RateLimit.window_seconds)
+    window_seconds: int

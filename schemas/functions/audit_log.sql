@@ -1,4 +1,4 @@
--- The audit log's guards. Current definitions: migrate applies this file again
+-- The audit log's guard. Current definitions: migrate applies this file again
 -- whenever its text changes (see schemas/README.md).
 
 -- Append-only, except that a tallied row may count more repeats of itself.
@@ -12,14 +12,13 @@ BEGIN
     RAISE EXCEPTION 'audit_log is append-only';
 END $$;
 
--- Activation entries name the device but not its owner; this fills the owner in.
--- The trigger's WHEN clause keeps bulk approvals (no owner) from paying for the call.
-CREATE OR REPLACE FUNCTION audit_log_fill_owner() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    SELECT o.name INTO NEW.owner
-      FROM models m
-      JOIN devices d ON d.model_id = m.id AND d.identifier = NEW.identifier
-      JOIN owners o ON o.id = d.owner_id
-     WHERE m.vendor = NEW.vendor AND m.model = NEW.model;
-    RETURN NEW;
-END $$;
+-- The trigger lives beside its function: a trigger cannot be created before the
+-- function it calls, and functions are created after every migration has run.
+DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_is_append_only();
+
+-- Databases built by an earlier version filled an activation entry's owner with a trigger; the
+-- entry is now written with its owner (transitions/activate.sql, tally.sql).
+DROP TRIGGER IF EXISTS audit_log_owner_of_device ON audit_log;
+DROP FUNCTION IF EXISTS audit_log_fill_owner();

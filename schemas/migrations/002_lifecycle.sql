@@ -16,21 +16,8 @@ CREATE INDEX audit_log_model ON audit_log (vendor, model, at DESC);
 -- 'ok' rows) would only make this index big, so it holds everything but 'ok'.
 CREATE INDEX audit_log_code ON audit_log (code, at DESC) WHERE code <> 'ok';
 
--- Activation entries are written by bridge_activate, which knows the device but
--- not its owner's name; this fills it in without changing that function. The
--- WHEN clause keeps bulk approvals (no owner) from paying for the call.
-CREATE FUNCTION audit_log_fill_owner() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    SELECT o.name INTO NEW.owner
-      FROM models m
-      JOIN devices d ON d.model_id = m.id AND d.identifier = NEW.identifier
-      JOIN owners o ON o.id = d.owner_id
-     WHERE m.vendor = NEW.vendor AND m.model = NEW.model;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER audit_log_owner_of_device BEFORE INSERT ON audit_log
-    FOR EACH ROW WHEN (NEW.action = 'activate' AND NEW.owner IS NULL AND NEW.identifier IS NOT NULL)
-    EXECUTE FUNCTION audit_log_fill_owner();
+-- Activation entries name the device's owner: schemas/functions/tally.sql and
+-- transitions/activate.sql write it (a trigger filled it in before).
 
 -- Keyset paging of `bridge list --owner`: (owner, identifier) in index order.
 CREATE INDEX devices_owner_identifier ON devices (model_id, owner_id, identifier)

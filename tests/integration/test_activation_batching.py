@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from bridge import store as store_module
 from bridge.admin import Admin
-from bridge.records import ActivationOutcome, RateLimit
+from bridge.db import activations as activations_module
+from bridge.records import Activation, ActivationOutcome
 from bridge.store import Store
 
 
@@ -28,15 +28,15 @@ async def small_store(database_url: str) -> AsyncIterator[Store]:
 def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Records the size of each statement the batcher sends (it still sends them)."""
     sizes: list[int] = []
-    decide = store_module._ActivationBatcher._decide
+    decide = activations_module.ActivationBatcher._decide
 
     async def recording(
-        self: store_module._ActivationBatcher, batch: list[store_module._ActivationArgs]
+        self: activations_module.ActivationBatcher, batch: list[Activation]
     ) -> list[ActivationOutcome]:
         sizes.append(len(batch))
         return await decide(self, batch)
 
-    monkeypatch.setattr(store_module._ActivationBatcher, "_decide", recording)
+    monkeypatch.setattr(activations_module.ActivationBatcher, "_decide", recording)
     return sizes
 
 
@@ -51,19 +51,23 @@ async def _claimed_serials(admin: Admin, count: int) -> tuple[int, list[str]]:
 
 async def _activate(store: Store, model_id: int, identifier: str, client: str) -> str:
     outcome = await store.activate(
-        client_id=client,
-        request_id="r",
-        model_id=model_id,
-        identifier=identifier,
-        presented=identifier,
-        key_id="test",
-        key_hash=os.urandom(32),
-        reply=os.urandom(64),
-        grace_seconds=600,
-        # Far above what these tests fail: they are about batching, not throttling.
-        limit=RateLimit(
-            failures=10_000, window_seconds=60, identifier_failures=10_000, model_failures=10_000
-        ),
+        Activation(
+            client_id=client,
+            # Far above what these tests fail: they are about batching, not throttling.
+            client_limit=10_000,
+            device_logins=False,
+            grace_seconds=600,
+            identifier=identifier,
+            identifier_limit=10_000,
+            key_hash=os.urandom(32),
+            key_id="test",
+            model_id=model_id,
+            model_limit=10_000,
+            presented=identifier,
+            reply=os.urandom(64),
+            request_id="r",
+            window_seconds=60,
+        )
     )
     return outcome.code
 

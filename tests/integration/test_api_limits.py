@@ -286,9 +286,7 @@ async def test_attack_strangers_slow_bodies_hold_no_slot(admin: Admin, server: A
     try:
         for _ in range(40):
             _reader, writer = await _open(server)
-            writer.write(
-                b"POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{"
-            )
+            writer.write(b"POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{")
             await writer.drain()
             held.append(writer)
         await asyncio.sleep(0.5)

@@ -21,7 +21,7 @@ from bridge.api import create_app
 from bridge.config import Settings, parse_mqtt_url
 from bridge.metrics import Metrics
 from bridge.provisioner import Provisioner
-from bridge.records import AuditTally, ModelRow, RateLimit
+from bridge.records import Activation, AuditTally, ModelRow, RateLimit
 from bridge.store import Store
 from bridge.tokens import create_token
 from tests.conftest import TEST_SECRET
@@ -347,18 +347,24 @@ async def test_a_successful_activation_writes_no_counter_row(
 async def _store_activate(
     store: Store, model_id: int, identifier: str, client_id: str, *, logins: bool
 ) -> str:
+    limit = RateLimit()
     outcome = await store.activate(
-        client_id=client_id,
-        request_id="r",
-        model_id=model_id,
-        identifier=identifier,
-        presented=identifier,
-        key_id="test",
-        key_hash=os.urandom(32),
-        reply=os.urandom(64),
-        grace_seconds=600,
-        limit=RateLimit(),
-        device_logins=logins,
+        Activation(
+            client_id=client_id,
+            client_limit=limit.failures,
+            device_logins=logins,
+            grace_seconds=600,
+            identifier=identifier,
+            identifier_limit=limit.identifier_failures,
+            key_hash=os.urandom(32),
+            key_id="test",
+            model_id=model_id,
+            model_limit=limit.model_failures,
+            presented=identifier,
+            reply=os.urandom(64),
+            request_id="r",
+            window_seconds=limit.window_seconds,
+        )
     )
     return outcome.code
 
@@ -484,27 +490,3 @@ async def test_attack_many_client_ids_share_one_tally_past_the_budget(
     assert tallies[("*", "malformed")] == 295
     assert tallies[("*", "not_approved")] == 295
     assert tallies[("fresh-0", "malformed")] == 1
-
-
-async def test_a_bridge_of_the_previous_version_still_decides_through_the_new_function(
-    admin: Admin, database_url: str
-) -> None:
-    """During an upgrade an older bridge calls bridge_activate_limited (003): it now
-    decides through bridge_activate_throttled, retry first."""
-    await _claimed_model(admin)
-    model = await _model(admin)
-    conn = await asyncpg.connect(database_url)
-    try:
-        call = "SELECT * FROM bridge_activate_limited($1, 'r', $2, $3, $3, 'k', $4, $5, 600, 3, 60)"
-        first = await conn.fetchrow(call, "old-dev", model.id, "001A2B3C4D5E", b"h" * 32, b"reply")
-        again = await conn.fetchrow(call, "old-dev", model.id, "001A2B3C4D5E", b"h" * 32, b"other")
-        refused = await conn.fetchval(
-            "SELECT bridge_refuse(3, 60, 'activate', 'unknown_model', 'device', 'old-dev', 'r2',"
-            " 'acme', 'nope', 'x', NULL, 'no such model')"
-        )
-    finally:
-        await conn.close()
-    assert first is not None and again is not None
-    assert first["code"] == "ok" and first["replay"] is None
-    assert again["code"] == "ok" and again["replay"] == b"reply"
-    assert refused is None

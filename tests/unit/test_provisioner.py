@@ -23,7 +23,7 @@ from bridge.codes import REPLY_CODES, Code
 from bridge.errors import BrokerAdminError, Unavailable
 from bridge.logins import LoginNamespace
 from bridge.provisioner import Provisioner, Reply
-from bridge.records import ActivationOutcome, AuditEntry, ModelRow, RateLimit, Refusal
+from bridge.records import Activation, ActivationOutcome, AuditEntry, ModelRow, RateLimit, Refusal
 
 SECRET = b"unit-test-secret-" + bytes(range(32))
 SEALED = ModelRow(1, "acme", "thermo-1", "mac", None, 86_400, claim_required=True)
@@ -59,9 +59,10 @@ class FakeStore:
             raise Unavailable("The database cannot be reached now; retry after 5 seconds.")
         return self.models.get((vendor, model))
 
-    async def activate(self, **call: Any) -> ActivationOutcome:
+    async def activate(self, activation: Activation) -> ActivationOutcome:
         if self.down:
             raise Unavailable("The database cannot be reached now; retry after 5 seconds.")
+        call = dataclasses.asdict(activation)
         self.activations.append(call)
         if self.outcome is not None:
             return self.outcome

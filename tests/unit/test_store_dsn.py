@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.db.pool import _one_dsn_per_host, _pooler_options
 from bridge.errors import ConfigError
-from bridge.store import _one_dsn_per_host, _pooler_options
 
 
 def test_a_multi_host_dsn_becomes_one_dsn_per_host_with_everything_else_kept() -> None:
