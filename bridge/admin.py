@@ -12,37 +12,28 @@ call the same operations::
         entries = await admin.audit(identifier="00:1A:2B:3C:4D:5E", vendor="acme", model="thermo-1")
 
 Every refusal is a :class:`bridge.errors.RequestError` whose message speaks to a
-person at a portal. Every operation is one transaction and is audited.
+person at a portal. Every operation is one transaction and is audited. The device
+lifecycle (approve .. revoke) is decided in :mod:`bridge.transitions`; the methods
+here delegate to it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
-import logging
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from bridge import approval_file, embedded, identifiers, keys, tokens
-from bridge.approval_file import Refusal
+from bridge import embedded, identifiers, keys, tokens, transitions
 from bridge.config import Settings
 from bridge.errors import (
-    BrokerAdminError,
-    ClaimedByOther,
     ConfigError,
     Conflict,
-    Forbidden,
     InvalidIdentifier,
     Malformed,
     NotApproved,
-    NotClaimed,
     NotFound,
-    NotOwner,
-    UnknownModel,
 )
 from bridge.records import (
     ApiToken,
@@ -51,69 +42,33 @@ from bridge.records import (
     AuditRecord,
     DeviceRow,
     EnrollmentKeyInfo,
-    LifecycleOutcome,
     ModelRow,
 )
 from bridge.store import Store
 from bridge.text import check_name
 from bridge.tokens import IssuedToken, Role
+from bridge.transitions import (
+    ApproveReport,
+    ClaimResult,
+    ImportReport,
+    LifecycleResult,
+    Progress,
+    UnapproveReport,
+)
+
+__all__ = [
+    "STATES",
+    "Admin",
+    "ApproveReport",
+    "ClaimResult",
+    "ImportReport",
+    "LifecycleResult",
+    "Progress",
+    "UnapproveReport",
+]
 
 #: Device states, as ``bridge list --state`` accepts them.
 STATES: Final = ("approved", "claimed", "activated", "revoked")
-
-#: ``progress(phase, done, total)``: lines of the file imported so far, of ``total``.
-Progress = Callable[[str, int, int], None]
-
-
-log = logging.getLogger("bridge.admin")
-
-
-@dataclass(frozen=True)
-class ApproveReport:
-    added: int
-    already: int
-
-
-@dataclass(frozen=True)
-class ImportReport:
-    """What an approval file did (or, with ``dry_run``, would do).
-
-    ``refused`` lists the first 1,000 refused rows; ``refused_total`` counts them all.
-    """
-
-    added: int
-    already: int
-    duplicates: int
-    refused: list[Refusal]
-    dry_run: bool
-    refused_total: int = 0
-
-
-@dataclass(frozen=True)
-class UnapproveReport:
-    removed: list[str]
-    missing: list[str]
-
-
-@dataclass(frozen=True)
-class LifecycleResult:
-    """A release, transfer, reenable or revoke that happened."""
-
-    identifier: str
-    previous_owner: str | None
-    previous_state: str | None
-    window_ends_at: datetime | None = None
-    #: The client id whose broker login held the key (closed by revoke, release, transfer).
-    login: str | None = None
-    #: The broker could not be told: the login still opens it until disabled by hand.
-    login_lingers: bool = False
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    identifier: str
-    window_ends_at: datetime | None
-    already_yours: bool
 
 
 class Admin:
@@ -130,11 +85,12 @@ class Admin:
     ) -> None:
         self._store = store
         # Required, not optional: revoke, release and transfer close the device's broker
-        # login here, whichever entry point (CLI, HTTP API, Python) calls them.
+        # login, whichever entry point (CLI, HTTP API, Python) calls them.
         self._settings = settings
         self._actor = actor
-        self._role = role  # who asks: an owner cannot undo a vendor's revoke
         self._hasher = hasher  # only verify_key needs the server secret
+        # Who asks (``role``): an owner cannot undo a vendor's revoke.
+        self._lifecycle = transitions.Lifecycle(store, settings=settings, actor=actor, role=role)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -193,12 +149,7 @@ class Admin:
         return row
 
     async def model(self, vendor: str, model: str) -> ModelRow:
-        row = await self._store.get_model(vendor, model)
-        if row is None:
-            raise UnknownModel(
-                f"The model {vendor}/{model} is not registered; check the vendor and model names."
-            )
-        return row
+        return await transitions.model_row(self._store, vendor, model)
 
     async def unusable_patterns(self) -> list[str]:
         """One sentence per stored model whose serial pattern this bridge refuses.
@@ -215,56 +166,36 @@ class Admin:
             and (reason := identifiers.unusable_pattern(row.pattern)) is not None
         ]
 
-    async def approve(self, vendor: str, model: str, numbers: Iterable[str]) -> ApproveReport:
-        """Approve identifiers (any accepted spelling); all or nothing on a bad one."""
-        row = await self.model(vendor, model)
-        pairs = []
-        for text in numbers:
-            canonical = identifiers.normalize(row.kind, text, row.pattern)
-            pairs.append((canonical, identifiers.lookalike_key(row.kind, canonical)))
-        if not pairs:
-            raise Malformed("No identifier was given to approve.")
-        added, already = await self._store.approve(row, pairs, actor=self._actor)
-        return ApproveReport(added, already)
+    # -- the lifecycle: each transition decided and its side effects attached in
+    # bridge/transitions.py, whichever entry point (CLI, HTTP API, Python) calls it.
+    # ``actor`` replaces this Admin's actor in the audit row; ``reason`` is kept there.
 
-    async def claim(self, vendor: str, model: str, number: str, *, owner: str) -> ClaimResult:
+    async def approve(
+        self,
+        vendor: str,
+        model: str,
+        numbers: Iterable[str],
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> ApproveReport:
+        """Approve identifiers (any accepted spelling); all or nothing on a bad one."""
+        return await self._lifecycle.approve(vendor, model, numbers, actor=actor, reason=reason)
+
+    async def claim(
+        self,
+        vendor: str,
+        model: str,
+        number: str,
+        *,
+        owner: str,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> ClaimResult:
         """Add a device to ``owner``'s account; opens the activation window."""
-        if not 1 <= len(owner) <= 128:
-            raise Malformed("The owner name must be 1 to 128 characters.")
-        row = await self.model(vendor, model)
-        what = identifiers.kind_name(row.kind)
-        try:
-            canonical = identifiers.normalize(row.kind, number, row.pattern)
-        except InvalidIdentifier as exc:
-            suggestion = await self._suggest(row, number)
-            if suggestion:
-                hinted = InvalidIdentifier(
-                    exc.kind, exc.presented, f"{exc.reason}; did you mean {suggestion}?"
-                )
-                hinted.suggestion = suggestion
-                raise hinted from exc
-            raise
-        outcome = await self._store.claim(row, canonical, owner=owner, actor=self._actor)
-        shown = identifiers.display(row.kind, canonical)
-        if outcome.status == "not_approved":
-            suggestion = await self._suggest(row, number)
-            hint = (
-                f"did you mean {suggestion}?"
-                if suggestion
-                else f"please verify the exact {what} on the device's label, or contact the vendor."
-            )
-            refused = NotApproved(
-                f"You have attempted to add a {what} {shown} that is not approved for this "
-                f"device ({row.vendor}/{row.model}); {hint}"
-            )
-            refused.suggestion = suggestion
-            raise refused
-        if outcome.status == "claimed_by_other":
-            raise ClaimedByOther(
-                f"The {what} {shown} ({row.vendor}/{row.model}) is still claimed by another "
-                "account; ask its previous owner to release it, or contact the vendor."
-            )
-        return ClaimResult(canonical, outcome.window_ends_at, outcome.status == "already_yours")
+        return await self._lifecycle.claim(
+            vendor, model, number, owner=owner, actor=actor, reason=reason
+        )
 
     async def approve_file(
         self,
@@ -274,17 +205,12 @@ class Admin:
         *,
         dry_run: bool = False,
         progress: Progress | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> ImportReport:
         """Approve a file of identifiers (see :mod:`bridge.approval_file`) in one transaction."""
-        total = approval_file.count_lines(path) if progress is not None else 0
-        return await self.approve_rows(
-            vendor,
-            model,
-            approval_file.read_rows(path),
-            dry_run=dry_run,
-            progress=progress,
-            total_lines=total,
-            source=path.name,
+        return await self._lifecycle.approve_file(
+            vendor, model, path, dry_run=dry_run, progress=progress, actor=actor, reason=reason
         )
 
     async def approve_rows(
@@ -297,163 +223,99 @@ class Admin:
         progress: Progress | None = None,
         total_lines: int = 0,
         source: str | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> ImportReport:
-        """Approve (line number, text) rows; bad rows are reported, the others loaded by COPY.
-
-        The rows are parsed in a worker thread a batch ahead of the database, so
-        parsing (Python) and inserting (PostgreSQL) use both cores at once.
-        Memory is two batches of identifiers whatever the rows: ranges are
-        expanded lazily and duplicates are found by the database.
-        """
-        row = await self.model(vendor, model)
-        parsed = approval_file.ParsedRows()
-        batches = approval_file.parse_batches(row.kind, row.pattern, rows, parsed)
-
-        def next_batch() -> tuple[list[tuple[str, str]], int] | None:
-            values = next(batches, None)
-            if values is None:
-                return None
-            pairs = [(v, identifiers.lookalike_key(row.kind, v)) for v in values]
-            return pairs, parsed.last_line
-
-        added = already = duplicates = 0
-        async with self._store.bulk_approver(
-            row, actor=self._actor, detail=f"from {source}" if source else None, dry_run=dry_run
-        ) as load:
-            pending = asyncio.ensure_future(asyncio.to_thread(next_batch))
-            try:
-                while (batch := await pending) is not None:
-                    pending = asyncio.ensure_future(asyncio.to_thread(next_batch))
-                    new, old, again = await load(batch[0])
-                    added, already, duplicates = added + new, already + old, duplicates + again
-                    if progress is not None:
-                        progress("importing", batch[1], total_lines)
-            finally:
-                # The worker thread cannot be cancelled; let it finish its batch
-                # before the transaction ends.
-                await asyncio.wait([pending])
-                if not pending.cancelled():
-                    pending.exception()  # retrieved: the error that matters is already raised
-        if progress is not None:
-            progress("importing", total_lines, total_lines)
-        return ImportReport(
-            added, already, duplicates, parsed.refused, dry_run, parsed.refused_total
+        """Approve (line number, text) rows; bad rows are reported, the others loaded by COPY."""
+        return await self._lifecycle.approve_rows(
+            vendor,
+            model,
+            rows,
+            dry_run=dry_run,
+            progress=progress,
+            total_lines=total_lines,
+            source=source,
+            actor=actor,
+            reason=reason,
         )
 
     async def unapprove(
-        self, vendor: str, model: str, numbers: Iterable[str], *, force: bool = False
+        self,
+        vendor: str,
+        model: str,
+        numbers: Iterable[str],
+        *,
+        force: bool = False,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> UnapproveReport:
         """Take identifiers off the approval list; devices in use need ``force``."""
-        row = await self.model(vendor, model)
-        canonical = [identifiers.normalize(row.kind, n, row.pattern) for n in numbers]
-        if not canonical:
-            raise Malformed("No identifier was given to unapprove.")
-        outcome = await self._store.unapprove(row, canonical, force=force, actor=self._actor)
-        if outcome.in_use and not force:
-            shown = "; ".join(
-                f"{identifiers.display(row.kind, i)} is {state}" + (f" by {owner}" if owner else "")
-                for i, owner, state in outcome.in_use[:5]
-            )
-            more = f" and {len(outcome.in_use) - 5} more" if len(outcome.in_use) > 5 else ""
-            raise Conflict(
-                f"Nothing was unapproved because devices are in use ({shown}{more}); "
-                "release them first, or repeat with --force to remove them anyway."
-            )
-        # A removed device's key must not keep opening the broker either.
-        await self._close_logins(outcome.logins)
-        return UnapproveReport(outcome.removed, outcome.missing)
+        return await self._lifecycle.unapprove(
+            vendor, model, numbers, force=force, actor=actor, reason=reason
+        )
 
-    # Release, transfer, reenable and revoke: each is decided in one store call (one
-    # transaction, audited) and its broker side effect is attached here, after the
-    # commit, so the CLI, the HTTP API and Python callers cannot drift apart.
-
-    async def release(self, vendor: str, model: str, number: str, *, owner: str) -> LifecycleResult:
+    async def release(
+        self,
+        vendor: str,
+        model: str,
+        number: str,
+        *,
+        owner: str,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> LifecycleResult:
         """The owner gives the device up: its key stops being valid (in the database and
         on the broker), another owner may claim it. A vendor-revoked device stays revoked."""
-        row, canonical = await self._device(vendor, model, number)
-        outcome = await self._store.release(row, canonical, owner=owner, actor=self._actor)
-        if outcome.status == "not_owner":
-            raise NotOwner(
-                f"The {self._named(row, canonical)} is not claimed by {owner}; only the "
-                "account that claimed it can release it (or ask the vendor to transfer it)."
-            )
-        return await self._closed(self._result(row, canonical, outcome, nothing="release"))
+        return await self._lifecycle.release(
+            vendor, model, number, owner=owner, actor=actor, reason=reason
+        )
 
-    async def transfer(self, vendor: str, model: str, number: str, *, to: str) -> LifecycleResult:
-        """An administrator moves a claimed device to another owner (audited).
-
-        The previous owner's key is revoked, in the database and on the broker; the new
-        owner's activation window opens (a revoked device stays revoked).
-        """
-        if not 1 <= len(to) <= 128:
-            raise Malformed("The owner name must be 1 to 128 characters.")
-        row, canonical = await self._device(vendor, model, number)
-        outcome = await self._store.transfer(row, canonical, to=to, actor=self._actor)
-        if outcome.status == "already_theirs":
-            raise Conflict(f"The {self._named(row, canonical)} already belongs to {to}.")
-        return await self._closed(self._result(row, canonical, outcome, nothing="transfer"))
+    async def transfer(
+        self,
+        vendor: str,
+        model: str,
+        number: str,
+        *,
+        to: str,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> LifecycleResult:
+        """An administrator moves a claimed device to another owner (audited); the
+        previous owner's key is revoked, in the database and on the broker."""
+        return await self._lifecycle.transfer(
+            vendor, model, number, to=to, actor=actor, reason=reason
+        )
 
     async def reenable(
-        self, vendor: str, model: str, number: str, *, window_seconds: int | None = None
+        self,
+        vendor: str,
+        model: str,
+        number: str,
+        *,
+        window_seconds: int | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> LifecycleResult:
-        """Open a new activation window; the next activation issues a new key, which then
-        replaces the old one on the broker too. An owner cannot undo a vendor's revoke."""
-        if window_seconds is not None and window_seconds <= 0:
-            raise Malformed("The activation window must be at least one second.")
-        row, canonical = await self._device(vendor, model, number)
-        outcome = await self._store.reenable(
-            row,
-            canonical,
-            window_seconds=window_seconds or row.window_seconds,
-            actor=self._actor,
-            by=self._role.value,
+        """Open a new activation window; the next activation issues a new key. An owner
+        cannot undo a vendor's revoke."""
+        return await self._lifecycle.reenable(
+            vendor, model, number, window_seconds=window_seconds, actor=actor, reason=reason
         )
-        if outcome.status == "revoked_by_vendor":
-            raise Forbidden(
-                f"The {self._named(row, canonical)} was revoked by its vendor; only the "
-                "vendor or an administrator can re-enable it."
-            )
-        return self._result(row, canonical, outcome, nothing="re-enable")
 
-    async def revoke(self, vendor: str, model: str, number: str) -> LifecycleResult:
+    async def revoke(
+        self,
+        vendor: str,
+        model: str,
+        number: str,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> LifecycleResult:
         """The key stops being valid now, in the database and on the broker; activation
         answers revoked until re-enabled."""
-        row, canonical = await self._device(vendor, model, number)
-        outcome = await self._store.revoke(row, canonical, actor=self._actor, by=self._role.value)
-        if outcome.status == "already_revoked":
-            raise Conflict(
-                f"The {self._named(row, canonical)} is already revoked; "
-                "re-enable it to let it activate again."
-            )
-        return await self._closed(self._result(row, canonical, outcome, nothing="revoke"))
+        return await self._lifecycle.revoke(vendor, model, number, actor=actor, reason=reason)
 
-    async def _closed(self, result: LifecycleResult) -> LifecycleResult:
-        """After a committed revoke, release or transfer: the key must stop opening the
-        broker too. The database change stands if the broker cannot be told; that is
-        logged and reported (``login_lingers``)."""
-        if result.login is None or await self._close_logins([result.login]):
-            return result
-        return dataclasses.replace(result, login_lingers=True)
-
-    async def _close_logins(self, logins: list[str]) -> bool:
-        """Disable these device logins on the broker; False (and a warning) if it failed."""
-        if not logins:
-            return True
-        # Imported here: only brokers with device logins need the MQTT client at all.
-        from bridge.dynsec import disable_device_logins  # noqa: PLC0415
-
-        try:
-            await disable_device_logins(self._settings, logins)
-        except BrokerAdminError as exc:
-            log.warning(
-                "the key no longer activates, but the broker login(s) %s could not be "
-                "disabled: %s; disable them on the broker by hand",
-                ", ".join(repr(n) for n in logins[:10]),
-                exc.message,
-                extra={"event": "broker_login_lingers", "client_id": logins[0]},
-            )
-            return False
-        return True
+    # -- reading -----------------------------------------------------------------
 
     async def list_devices(
         self,
@@ -514,31 +376,6 @@ class Admin:
     async def _device(self, vendor: str, model: str, number: str) -> tuple[ModelRow, str]:
         row = await self.model(vendor, model)
         return row, identifiers.normalize(row.kind, number, row.pattern)
-
-    @staticmethod
-    def _named(row: ModelRow, canonical: str) -> str:
-        return (
-            f"{identifiers.kind_name(row.kind)} {identifiers.display(row.kind, canonical)} "
-            f"({row.vendor}/{row.model})"
-        )
-
-    def _result(
-        self, row: ModelRow, canonical: str, outcome: LifecycleOutcome, *, nothing: str
-    ) -> LifecycleResult:
-        if outcome.status == "not_approved":
-            raise NotApproved(
-                f"The {self._named(row, canonical)} is not on the approval list; "
-                "check the number on the device's label."
-            )
-        if outcome.status == "not_claimed":
-            raise NotClaimed(
-                f"The {self._named(row, canonical)} is not claimed by anyone, so there is "
-                f"nothing to {nothing}; claim it first."
-            )
-        assert outcome.status == "ok", outcome.status
-        return LifecycleResult(
-            canonical, outcome.owner, outcome.state, outcome.window_ends_at, outcome.login
-        )
 
     async def show(self, vendor: str, model: str, number: str) -> DeviceRow:
         row = await self.model(vendor, model)
@@ -678,14 +515,6 @@ class Admin:
         if stored is None or stored.state != "activated":
             return False
         return self._hasher.verify(key, stored.key_hash, stored.key_id)
-
-    async def _suggest(self, model: ModelRow, typed: str) -> str | None:
-        """An approved identifier differing from ``typed`` only by look-alike characters."""
-        key = identifiers.lookalike_key(model.kind, typed)
-        for candidate in await self._store.lookalikes(model, key):
-            if identifiers.suggestion_ok(typed, candidate):
-                return identifiers.display(model.kind, candidate)
-        return None
 
     async def migrate(self) -> list[str]:
         """Apply the missing migrations; the names of those applied."""
