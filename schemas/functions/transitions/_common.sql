@@ -1,6 +1,12 @@
 -- What every device transition shares: locking the device row, the activation window
 -- rule, who revoked, claims and owners, and the audit row. Current definitions: migrate
 -- applies this file again whenever its text changes (see schemas/README.md).
+--
+-- One file a transition, named after it; each function decides, changes the rows and
+-- writes the audit row in one call (one round trip, one transaction). A change of a
+-- function's arguments or result columns adds, in the same file, a DROP FUNCTION IF
+-- EXISTS of the old signature: CREATE OR REPLACE would otherwise keep the old one
+-- beside the new (another arity) or refuse (other columns).
 
 -- Lock one device row, and read its owner's name. The name is read in a statement of
 -- its own, after the lock: under READ COMMITTED a join in the locking statement would
