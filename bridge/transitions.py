@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bridge import approval_file, identifiers
+from bridge import approval_file, identifiers, text
 from bridge.approval_file import Refusal
+from bridge.codes import Code
 from bridge.config import Settings
 from bridge.errors import (
     BrokerAdminError,
@@ -42,15 +43,16 @@ from bridge.errors import (
     UnknownModel,
 )
 from bridge.records import LifecycleOutcome, ModelRow
-from bridge.store import Store
-from bridge.tokens import Role
+
+if TYPE_CHECKING:  # the use case holds a store; it never touches the driver itself
+    from bridge.store import Store
+    from bridge.tokens import Role
 
 #: ``progress(phase, done, total)``: lines of the file imported so far, of ``total``.
 Progress = Callable[[str, int, int], None]
 
-#: Longest reason kept in an audit row, and longest actor name.
+#: Longest reason kept in an audit row (an actor is a person's name: text.PERSON_MAX).
 REASON_MAX = 500
-ACTOR_MAX = 128
 
 log = logging.getLogger("bridge.transitions")
 
@@ -141,8 +143,8 @@ class Lifecycle:
         who, why = self._asker(actor, reason)
         row = await model_row(self._store, vendor, model)
         pairs = []
-        for text in numbers:
-            canonical = identifiers.normalize(row.kind, text, row.pattern)
+        for number in numbers:
+            canonical = identifiers.normalize(row.kind, number, row.pattern)
             pairs.append((canonical, identifiers.lookalike_key(row.kind, canonical)))
         if not pairs:
             raise Malformed("No identifier was given to approve.")
@@ -296,7 +298,7 @@ class Lifecycle:
             raise
         outcome = await self._store.claim(row, canonical, owner=owner, actor=who, reason=why)
         shown = identifiers.display(row.kind, canonical)
-        if outcome.status == "not_approved":
+        if outcome.status == Code.NOT_APPROVED:
             suggestion = await self._suggest(row, number)
             hint = (
                 f"did you mean {suggestion}?"
@@ -309,12 +311,12 @@ class Lifecycle:
             )
             refused.suggestion = suggestion
             raise refused
-        if outcome.status == "claimed_by_other":
+        if outcome.status == Code.CLAIMED_BY_OTHER:
             raise ClaimedByOther(
                 f"The {what} {shown} ({row.vendor}/{row.model}) is still claimed by another "
                 "account; ask its previous owner to release it, or contact the vendor."
             )
-        return ClaimResult(canonical, outcome.window_ends_at, outcome.status == "already_yours")
+        return ClaimResult(canonical, outcome.window_ends_at, outcome.status == Code.ALREADY_YOURS)
 
     async def release(
         self,
@@ -334,7 +336,7 @@ class Lifecycle:
         who, why = self._asker(actor, reason)
         row, canonical = await self._device(vendor, model, number)
         outcome = await self._store.release(row, canonical, owner=owner, actor=who, reason=why)
-        if outcome.status == "not_owner":
+        if outcome.status == Code.NOT_OWNER:
             raise NotOwner(
                 f"The {_named(row, canonical)} is not claimed by {owner}; only the "
                 "account that claimed it can release it (or ask the vendor to transfer it)."
@@ -361,7 +363,7 @@ class Lifecycle:
         who, why = self._asker(actor, reason)
         row, canonical = await self._device(vendor, model, number)
         outcome = await self._store.transfer(row, canonical, to=to, actor=who, reason=why)
-        if outcome.status == "already_theirs":
+        if outcome.status == Code.ALREADY_THEIRS:
             raise Conflict(f"The {_named(row, canonical)} already belongs to {to}.")
         return await self._closed(_result(row, canonical, outcome, nothing="transfer"))
 
@@ -391,7 +393,7 @@ class Lifecycle:
             actor=who,
             reason=why,
         )
-        if outcome.status == "revoked_by_vendor":
+        if outcome.status == Code.REVOKED_BY_VENDOR:
             raise Forbidden(
                 f"The {_named(row, canonical)} was revoked by its vendor; only the "
                 "vendor or an administrator can re-enable it."
@@ -414,7 +416,7 @@ class Lifecycle:
         outcome = await self._store.revoke(
             row, canonical, by=self._role.value, actor=who, reason=why
         )
-        if outcome.status == "already_revoked":
+        if outcome.status == Code.ALREADY_REVOKED:
             raise Conflict(
                 f"The {_named(row, canonical)} is already revoked; "
                 "re-enable it to let it activate again."
@@ -456,9 +458,9 @@ class Lifecycle:
     def _asker(self, actor: str | None, reason: str | None) -> tuple[str, str | None]:
         """The actor and reason to record: checked, since both are shown to people."""
         if actor is not None:
-            _check_text("actor", actor, ACTOR_MAX)
+            _check_text("actor", actor, text.PERSON_MAX, spaces=True)
         if reason is not None:
-            _check_text("reason", reason, REASON_MAX)
+            _check_text("reason", reason, REASON_MAX, spaces=False)
         return (actor if actor is not None else self._actor), reason
 
     async def _device(self, vendor: str, model: str, number: str) -> tuple[ModelRow, str]:
@@ -474,15 +476,13 @@ class Lifecycle:
         return None
 
 
-def _check_text(label: str, value: str, limit: int) -> None:
-    # Shown in the owner's history, the audit log and terminals: no control or format
-    # characters (a right-to-left override would display it reversed), none that
-    # PostgreSQL or the driver cannot store (NUL, lone surrogates).
+def _check_text(label: str, value: str, limit: int, *, spaces: bool) -> None:
+    # Shown in the owner's history, the audit log and terminals: visible text only (a
+    # right-to-left override would display it reversed; NUL and lone surrogates cannot
+    # even be stored). ``spaces``: a name typed by people shows one kind of space.
     if not 1 <= len(value) <= limit or not value.strip():
         raise Malformed(f"The {label} must be 1 to {limit} characters, not only spaces.")
-    bad = next(
-        (c for c in value if c != " " and unicodedata.category(c).startswith(("C", "Z"))), None
-    )
+    bad = text.first_invisible(value, spaces=spaces)
     if bad is not None:
         raise Malformed(
             f"The {label} contains the invisible or control character U+{ord(bad):04X}; "
@@ -500,17 +500,17 @@ def _named(row: ModelRow, canonical: str) -> str:
 def _result(
     row: ModelRow, canonical: str, outcome: LifecycleOutcome, *, nothing: str
 ) -> LifecycleResult:
-    if outcome.status == "not_approved":
+    if outcome.status == Code.NOT_APPROVED:
         raise NotApproved(
             f"The {_named(row, canonical)} is not on the approval list; "
             "check the number on the device's label."
         )
-    if outcome.status == "not_claimed":
+    if outcome.status == Code.NOT_CLAIMED:
         raise NotClaimed(
             f"The {_named(row, canonical)} is not claimed by anyone, so there is "
             f"nothing to {nothing}; claim it first."
         )
-    assert outcome.status == "ok", outcome.status
+    assert outcome.status == Code.OK, outcome.status
     return LifecycleResult(
         canonical, outcome.owner, outcome.state, outcome.window_ends_at, outcome.login
     )

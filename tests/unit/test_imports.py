@@ -63,6 +63,7 @@ def test_the_rule_sees_an_import() -> None:
     "module",
     [
         "bridge.provisioner",
+        "bridge.transitions",
         "bridge.protocol",
         "bridge.codes",
         "bridge.text",
