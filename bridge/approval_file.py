@@ -16,7 +16,7 @@ Memory stays bounded whatever the file or the ranges: lines are read one at a
 time (at most ``MAX_LINE`` characters are kept of one), ranges are expanded
 lazily into batches of a fixed size, at most ``MAX_REPORTED_REFUSALS`` refusals
 are kept (all are counted), and duplicates are found by the database
-(:meth:`bridge.db.transitions.DeviceTransitions.bulk_approver`), not in a set here.
+(:meth:`bridge.db.transitions.Transitions.bulk_approver`), not in a set here.
 """
 
 from __future__ import annotations

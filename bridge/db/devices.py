@@ -9,7 +9,7 @@ from bridge.records import DeviceRow, ModelRow, StoredKey
 
 
 class Devices(Pooled):
-    """Reads of the devices table (the transitions that change it: bridge/store.py)."""
+    """Reads of the devices table (the transitions that change it: bridge/db/transitions.py)."""
 
     async def stored_key(self, model: ModelRow, identifier: str) -> StoredKey | None:
         """The keyed hash of a device's current key (None when it has none)."""

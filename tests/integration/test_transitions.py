@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
 from bridge.admin import Admin
 from bridge.config import Settings
-from bridge.db.transitions import DeviceTransitions
 from bridge.errors import Forbidden, Malformed
-from bridge.records import ModelRow, RateLimit
+from bridge.records import Activation, ActivationOutcome, ModelRow, RateLimit
+from bridge.store import Store
 from bridge.tokens import Role
 
 MAC = "00:1A:2B:3C:4D:5E"
@@ -78,19 +77,27 @@ async def _device(conn: asyncpg.Connection) -> asyncpg.Record:
     return row
 
 
-async def _activate(admin: Admin, model: ModelRow, client_id: str, request_id: str) -> Any:
+async def _activate(
+    admin: Admin, model: ModelRow, client_id: str, request_id: str
+) -> ActivationOutcome:
+    limit = RateLimit()
     return await admin.store.activate(
-        client_id=client_id,
-        request_id=request_id,
-        model_id=model.id,
-        identifier=DEVICE,
-        presented=MAC,
-        key_id="k1",
-        key_hash=b"\x01" * 32,
-        reply=b"sealed reply of " + request_id.encode(),
-        grace_seconds=600,
-        limit=RateLimit(),
-        device_logins=True,
+        Activation(
+            client_id=client_id,
+            client_limit=limit.failures,
+            device_logins=True,
+            grace_seconds=600,
+            identifier=DEVICE,
+            identifier_limit=limit.identifier_failures,
+            key_hash=b"\x01" * 32,
+            key_id="k1",
+            model_id=model.id,
+            model_limit=limit.model_failures,
+            presented=MAC,
+            reply=b"sealed reply of " + request_id.encode(),
+            request_id=request_id,
+            window_seconds=limit.window_seconds,
+        )
     )
 
 
@@ -301,7 +308,7 @@ async def test_each_transition_is_one_statement(admin: Admin, settings: Settings
         _url(settings), min_size=1, max_size=1, init=log_queries, reset=keep_session
     )
     try:
-        db = DeviceTransitions(pool)
+        db = Store(pool)
         second = "000000000002"
         calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("approve", lambda: db.approve(model, [(second, second)], actor="t")),
