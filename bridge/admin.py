@@ -30,6 +30,7 @@ from typing import Final
 from bridge import approval_file, embedded, identifiers, keys, tokens
 from bridge.approval_file import Refusal
 from bridge.config import Settings
+from bridge.diagnosis import Diagnosis
 from bridge.errors import (
     BrokerAdminError,
     ClaimedByOther,
@@ -55,6 +56,7 @@ from bridge.records import (
     ModelRow,
 )
 from bridge.store import Store
+from bridge.support import SupportDesk
 from bridge.text import check_name
 from bridge.tokens import IssuedToken, Role
 
@@ -215,7 +217,15 @@ class Admin:
             and (reason := identifiers.unusable_pattern(row.pattern)) is not None
         ]
 
-    async def approve(self, vendor: str, model: str, numbers: Iterable[str]) -> ApproveReport:
+    async def approve(
+        self,
+        vendor: str,
+        model: str,
+        numbers: Iterable[str],
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> ApproveReport:
         """Approve identifiers (any accepted spelling); all or nothing on a bad one."""
         row = await self.model(vendor, model)
         pairs = []
@@ -224,7 +234,9 @@ class Admin:
             pairs.append((canonical, identifiers.lookalike_key(row.kind, canonical)))
         if not pairs:
             raise Malformed("No identifier was given to approve.")
-        added, already = await self._store.approve(row, pairs, actor=self._actor)
+        added, already = await self._store.approve(
+            row, pairs, actor=actor or self._actor, reason=reason
+        )
         return ApproveReport(added, already)
 
     async def claim(self, vendor: str, model: str, number: str, *, owner: str) -> ClaimResult:
@@ -367,11 +379,22 @@ class Admin:
     # transaction, audited) and its broker side effect is attached here, after the
     # commit, so the CLI, the HTTP API and Python callers cannot drift apart.
 
-    async def release(self, vendor: str, model: str, number: str, *, owner: str) -> LifecycleResult:
+    async def release(
+        self,
+        vendor: str,
+        model: str,
+        number: str,
+        *,
+        owner: str,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> LifecycleResult:
         """The owner gives the device up: its key stops being valid (in the database and
         on the broker), another owner may claim it. A vendor-revoked device stays revoked."""
         row, canonical = await self._device(vendor, model, number)
-        outcome = await self._store.release(row, canonical, owner=owner, actor=self._actor)
+        outcome = await self._store.release(
+            row, canonical, owner=owner, actor=actor or self._actor, reason=reason
+        )
         if outcome.status == "not_owner":
             raise NotOwner(
                 f"The {self._named(row, canonical)} is not claimed by {owner}; only the "
@@ -379,7 +402,16 @@ class Admin:
             )
         return await self._closed(self._result(row, canonical, outcome, nothing="release"))
 
-    async def transfer(self, vendor: str, model: str, number: str, *, to: str) -> LifecycleResult:
+    async def transfer(
+        self,
+        vendor: str,
+        model: str,
+        number: str,
+        *,
+        to: str,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> LifecycleResult:
         """An administrator moves a claimed device to another owner (audited).
 
         The previous owner's key is revoked, in the database and on the broker; the new
@@ -388,13 +420,22 @@ class Admin:
         if not 1 <= len(to) <= 128:
             raise Malformed("The owner name must be 1 to 128 characters.")
         row, canonical = await self._device(vendor, model, number)
-        outcome = await self._store.transfer(row, canonical, to=to, actor=self._actor)
+        outcome = await self._store.transfer(
+            row, canonical, to=to, actor=actor or self._actor, reason=reason
+        )
         if outcome.status == "already_theirs":
             raise Conflict(f"The {self._named(row, canonical)} already belongs to {to}.")
         return await self._closed(self._result(row, canonical, outcome, nothing="transfer"))
 
     async def reenable(
-        self, vendor: str, model: str, number: str, *, window_seconds: int | None = None
+        self,
+        vendor: str,
+        model: str,
+        number: str,
+        *,
+        window_seconds: int | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> LifecycleResult:
         """Open a new activation window; the next activation issues a new key, which then
         replaces the old one on the broker too. An owner cannot undo a vendor's revoke."""
@@ -405,8 +446,9 @@ class Admin:
             row,
             canonical,
             window_seconds=window_seconds or row.window_seconds,
-            actor=self._actor,
+            actor=actor or self._actor,
             by=self._role.value,
+            reason=reason,
         )
         if outcome.status == "revoked_by_vendor":
             raise Forbidden(
@@ -702,6 +744,33 @@ class Admin:
     async def revoke_token(self, token_id: str) -> ApiToken:
         """Revoke an HTTP API token by its id."""
         return await tokens.revoke_token(self._store, token_id, actor=self._actor)
+
+    # -- support desk (bridge/support.py) ------------------------------------------
+
+    async def diagnose(
+        self, vendor: str, model: str, identifier: str, *, asking: str | None = None
+    ) -> Diagnosis:
+        """Why the number cannot be added or activated: state, timeline, verdict.
+
+        Any spelling of the number; ``asking`` is the person trying to add it.
+        """
+        return await SupportDesk(self).diagnose(vendor, model, identifier, asking=asking)
+
+    async def resolve(
+        self,
+        vendor: str,
+        model: str,
+        identifier: str,
+        action: str,
+        *,
+        reason: str | None = None,
+        to: str | None = None,
+    ) -> str:
+        """Support acts on a diagnosis (release, transfer, approve, reenable) through the
+        transitions above, audited with this Admin's actor; returns one sentence."""
+        return await SupportDesk(self).resolve(
+            vendor, model, identifier, action, reason=reason, to=to
+        )
 
 
 def _hasher(settings: Settings) -> keys.KeyHasher | None:

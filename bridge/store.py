@@ -118,6 +118,7 @@ class Store(Schema, Models, Devices, Activations, Tokens, Audit):
         model: ModelRow,
         identifiers: Sequence[tuple[str, str]],
         actor: str,
+        reason: str | None = None,
     ) -> tuple[int, int]:
         """Approve (canonical, lookalike) pairs; returns (added, already approved)."""
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
@@ -147,6 +148,7 @@ class Store(Schema, Models, Devices, Activations, Tokens, Audit):
                             vendor=model.vendor,
                             model=model.model,
                             identifier=r["identifier"],
+                            detail=_with_reason(None, reason),
                         )
                     )
                     for r in added
@@ -334,7 +336,13 @@ class Store(Schema, Models, Devices, Activations, Tokens, Audit):
         return UnapproveOutcome(removed, missing, in_use, logins)
 
     async def release(
-        self, model: ModelRow, identifier: str, *, owner: str, actor: str
+        self,
+        model: ModelRow,
+        identifier: str,
+        *,
+        owner: str,
+        actor: str,
+        reason: str | None = None,
     ) -> LifecycleOutcome:
         """The owner gives the device up: claim closed, key and stored replies gone.
 
@@ -376,12 +384,12 @@ class Store(Schema, Models, Devices, Activations, Tokens, Audit):
                 identifier,
                 actor=actor,
                 owner=owner,
-                detail=None if status == "ok" else _holder(row),
+                detail=_with_reason(None if status == "ok" else _holder(row), reason),
             )
         return _lifecycle(status, row)
 
     async def transfer(
-        self, model: ModelRow, identifier: str, *, to: str, actor: str
+        self, model: ModelRow, identifier: str, *, to: str, actor: str, reason: str | None = None
     ) -> LifecycleOutcome:
         """Move a claimed device to another owner (the chain of ownership gets a new link).
 
@@ -428,12 +436,21 @@ class Store(Schema, Models, Devices, Activations, Tokens, Audit):
                 identifier,
                 actor=actor,
                 owner=to,
-                detail=f"from {row['owner']}" if row and row["owner"] else None,
+                detail=_with_reason(
+                    f"from {row['owner']}" if row and row["owner"] else None, reason
+                ),
             )
         return _lifecycle(status, row, window_ends_at)
 
     async def reenable(
-        self, model: ModelRow, identifier: str, *, window_seconds: int, actor: str, by: str
+        self,
+        model: ModelRow,
+        identifier: str,
+        *,
+        window_seconds: int,
+        actor: str,
+        by: str,
+        reason: str | None = None,
     ) -> LifecycleOutcome:
         """Open a new activation window; the next activation replaces the key.
 
@@ -473,7 +490,9 @@ class Store(Schema, Models, Devices, Activations, Tokens, Audit):
                 identifier,
                 actor=actor,
                 owner=row["owner"] if row else None,
-                detail=f"was {row['state']}, window {window_seconds}s" if row else None,
+                detail=_with_reason(
+                    f"was {row['state']}, window {window_seconds}s" if row else None, reason
+                ),
             )
         return _lifecycle(status, row, window_ends_at)
 
@@ -561,6 +580,14 @@ def _lifecycle(
 def _audit_code(status: str) -> str:
     # The audit log speaks protocol codes; "already so" refusals are conflicts.
     return "conflict" if status.startswith("already_") else status
+
+
+def _with_reason(detail: str | None, reason: str | None) -> str | None:
+    # A reason given by whoever acted (support, on a person's behalf) is kept in the
+    # entry's detail, last, so the previous owner's history can show it.
+    if reason is None:
+        return detail
+    return f"{detail}; reason: {reason}" if detail else f"reason: {reason}"
 
 
 def _holder(row: Any) -> str | None:
