@@ -27,6 +27,7 @@ from typing import Final
 
 from bridge import embedded, identifiers, keys, tokens, transitions
 from bridge.config import Settings
+from bridge.diagnosis import Diagnosis
 from bridge.errors import (
     ConfigError,
     Conflict,
@@ -45,6 +46,7 @@ from bridge.records import (
     ModelRow,
 )
 from bridge.store import Store
+from bridge.support import SupportDesk
 from bridge.text import check_name
 from bridge.tokens import IssuedToken, Role
 from bridge.transitions import (
@@ -531,6 +533,33 @@ class Admin:
     async def revoke_token(self, token_id: str) -> ApiToken:
         """Revoke an HTTP API token by its id."""
         return await tokens.revoke_token(self._store, token_id, actor=self._actor)
+
+    # -- support desk (bridge/support.py) ------------------------------------------
+
+    async def diagnose(
+        self, vendor: str, model: str, identifier: str, *, asking: str | None = None
+    ) -> Diagnosis:
+        """Why the number cannot be added or activated: state, timeline, verdict.
+
+        Any spelling of the number; ``asking`` is the person trying to add it.
+        """
+        return await SupportDesk(self).diagnose(vendor, model, identifier, asking=asking)
+
+    async def resolve(
+        self,
+        vendor: str,
+        model: str,
+        identifier: str,
+        action: str,
+        *,
+        reason: str | None = None,
+        to: str | None = None,
+    ) -> str:
+        """Support acts on a diagnosis (release, transfer, approve, reenable) through the
+        transitions above, audited with this Admin's actor; returns one sentence."""
+        return await SupportDesk(self).resolve(
+            vendor, model, identifier, action, reason=reason, to=to
+        )
 
 
 def _hasher(settings: Settings) -> keys.KeyHasher | None:

@@ -68,6 +68,7 @@ from bridge.api_bodies import (
     printable,
 )
 from bridge.api_guard import RequestGuard
+from bridge.api_support import router as support_router
 from bridge.config import Settings
 from bridge.errors import (
     BridgeError,
@@ -238,6 +239,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
     app.include_router(router)
+    app.include_router(support_router)
     app.add_api_route("/", _page, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

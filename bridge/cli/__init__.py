@@ -35,6 +35,7 @@ GROUPS = (
     "lifecycle",  # claim, release, transfer, reenable, revoke
     "devices",  # list, audit, show
     "activate",  # activate
+    "support",  # diagnose, resolve (model contact: in the model group)
 )
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from bridge import identifiers
 from bridge.admin import Admin
+from bridge.cli import support
 from bridge.cli.command import admin_command
 from bridge.cli.options import Commands, database_options, model_arguments, parse_duration
 
@@ -50,6 +51,7 @@ def register(commands: Commands) -> None:
         help="also deliver keys in plaintext to requests without a public key, for devices "
         "that cannot do X25519 (default: sealed only; such requests get seal_required)",
     )
+    support.register_model_contact(model)
 
 
 @admin_command()

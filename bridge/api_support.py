@@ -1,0 +1,374 @@
+"""The support desk over HTTP: diagnose a number, resolve it, a model's support contact,
+and an owner's history. A router the API app includes (:mod:`bridge.api`).
+
+Who may ask what:
+
+- a **vendor** diagnoses and resolves only its own models' numbers (another vendor's
+  model is answered like an unregistered one, as everywhere in the API);
+- an **administrator** any;
+- an **owner** diagnoses only a device they hold or held, and sees nothing of other
+  accounts (no name, actor or client id of anyone else); any other number is 404,
+  word for word as a device that does not exist. Owners read their own history.
+
+Routes run the same :class:`bridge.admin.Admin` as the rest of the API, so refusals are
+the same codes and sentences; the app's error handlers turn them into JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.params import Path as PathParam
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from bridge import identifiers
+from bridge.admin import Admin
+from bridge.api_bodies import printable
+from bridge.config import Settings
+from bridge.diagnosis import Action, Diagnosis
+from bridge.errors import Forbidden, UnknownModel
+from bridge.records import ModelRow
+from bridge.store import Store
+from bridge.support import MAX_CONTACT, MAX_REASON, SupportDesk
+from bridge.tokens import Principal, Role, authenticate
+
+router = APIRouter(prefix="/v1")
+
+VendorPath = Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(printable)]
+ModelPath = Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(printable)]
+NumberPath = Annotated[
+    str, PathParam(min_length=1, max_length=identifiers.MAX_LENGTH), AfterValidator(printable)
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorAnswer(_Body):
+    code: str
+    message: str
+
+
+class DeviceNow(_Body):
+    state: str
+    owner: str | None
+    approved_at: datetime
+    claimed_at: datetime | None
+    window_ends_at: datetime | None
+    activated_at: datetime | None
+    client_id: str | None
+
+
+class TimelineEntry(_Body):
+    at: datetime
+    action: str = Field(description="approve, claim, release, transfer, reenable, activate...")
+    code: str
+    actor: str | None
+    owner: str | None
+    client_id: str | None
+    presented: str | None = Field(description="the number as an attempt carried it")
+    detail: str | None
+    count: int = Field(description="attempts a tallied row stands for")
+    last_at: datetime | None
+
+
+class NeighbourBody(_Body):
+    identifier: str
+    how: str
+    owner: str | None
+    state: str
+
+
+class StrayBody(_Body):
+    at: datetime
+    client_id: str | None
+    presented: str | None
+    code: str
+    count: int
+    how: str = Field(description="how its number differs from the one diagnosed")
+
+
+class DiagnosisBody(_Body):
+    vendor: str
+    model: str
+    kind: str
+    typed: str
+    identifier: str | None = Field(description="canonical, shown the way people read it")
+    verdict: str = Field(
+        description="typo, claimed_by_other, not_approved, wrong_identifier, device_refused, "
+        "never_tried, window_closed, not_claimed, revoked or fine"
+    )
+    cause: int | None = Field(description="1 to 4, the support guidance's causes")
+    summary: str
+    evidence: list[str]
+    next_step: str
+    actions: list[str] = Field(description="what support can do here: POST .../resolve")
+    support_contact: str | None
+    device: DeviceNow | None
+    timeline: list[TimelineEntry]
+    neighbours: list[NeighbourBody]
+    attempts_elsewhere: list[StrayBody]
+
+
+Reason = Annotated[str, Field(min_length=1, max_length=MAX_REASON), AfterValidator(printable)]
+OwnerName = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(printable)]
+
+
+class ResolveRequest(_Body):
+    action: Action
+    reason: Reason | None = None
+    to: OwnerName | None = Field(default=None, description="transfer: the new owner")
+
+
+class ResolveAnswer(_Body):
+    message: str
+    diagnosis: DiagnosisBody
+
+
+class ContactBody(_Body):
+    vendor: str
+    model: str
+    support_contact: str | None
+
+
+Contact = Annotated[str, Field(min_length=1, max_length=MAX_CONTACT), AfterValidator(printable)]
+
+
+class ContactRequest(_Body):
+    support_contact: Contact | None
+
+
+class HistoryBody(_Body):
+    at: datetime
+    action: str
+    vendor: str
+    model: str
+    identifier: str
+    by: str
+    reason: str | None
+
+
+class HistoryList(_Body):
+    entries: list[HistoryBody]
+
+
+def diagnosis_body(d: Diagnosis) -> DiagnosisBody:
+    """The JSON form of a diagnosis (also what `bridge diagnose --json` prints)."""
+    device = d.device
+    return DiagnosisBody(
+        vendor=d.vendor,
+        model=d.model,
+        kind=d.kind,
+        typed=d.typed,
+        identifier=d.identifier,
+        verdict=d.verdict.value,
+        cause=d.cause,
+        summary=d.summary,
+        evidence=d.evidence,
+        next_step=d.next_step,
+        actions=[a.value for a in d.actions],
+        support_contact=d.support_contact,
+        device=DeviceNow(
+            state=device.state,
+            owner=device.owner,
+            approved_at=device.approved_at,
+            claimed_at=device.claimed_at,
+            window_ends_at=device.window_ends_at,
+            activated_at=device.activated_at,
+            client_id=device.client_id,
+        )
+        if device
+        else None,
+        timeline=[
+            TimelineEntry(
+                at=e.at,
+                action=e.action,
+                code=e.code,
+                actor=e.actor,
+                owner=e.owner,
+                client_id=e.client_id,
+                presented=e.presented,
+                detail=e.detail,
+                count=e.count,
+                last_at=e.last_at,
+            )
+            for e in d.timeline
+        ],
+        neighbours=[
+            NeighbourBody(
+                identifier=identifiers.display(d.kind, n.identifier),
+                how=n.how,
+                owner=n.owner,
+                state=n.state,
+            )
+            for n in d.neighbours
+        ],
+        attempts_elsewhere=[
+            StrayBody(
+                at=s.event.at,
+                client_id=s.event.client_id,
+                presented=s.event.presented,
+                code=s.event.code,
+                count=s.event.count,
+                how=s.how,
+            )
+            for s in d.strays
+        ],
+    )
+
+
+class _Desk:
+    """Who asks, and the Admin and SupportDesk acting for them."""
+
+    def __init__(self, store: Store, settings: Settings, principal: Principal) -> None:
+        self.principal = principal
+        self.admin = Admin(store, settings=settings, actor=str(principal), role=principal.role)
+        self.desk = SupportDesk(self.admin)
+
+    def staff(self, doing: str) -> None:
+        if self.principal.role is Role.OWNER:
+            raise Forbidden(f"Only a vendor's or an administrator's token may {doing}.")
+
+    async def own_model(self, vendor: str, model: str) -> ModelRow:
+        if self.principal.role is Role.VENDOR and vendor != self.principal.subject:
+            raise UnknownModel(
+                f"The model {vendor}/{model} is not registered; check the vendor and model names."
+            )
+        return await self.admin.model(vendor, model)
+
+
+_bearer = HTTPBearer(auto_error=False, description="`bridge token create` prints one")
+
+
+async def _desk(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> _Desk:
+    store: Store = request.app.state.store
+    settings: Settings = request.app.state.settings
+    # The API's guard authenticated every /v1/ request from its headers already.
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        principal = await authenticate(store, credentials.credentials if credentials else None)
+    return _Desk(store, settings, principal)
+
+
+Desk = Annotated[_Desk, Depends(_desk)]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
+    return {status: {"model": ErrorAnswer} for status in (401, 422, 503, *codes)}
+
+
+@router.get(
+    "/diagnose/{vendor}/{model}/{identifier}",
+    response_model=DiagnosisBody,
+    responses=_errors(404),
+    tags=["support"],
+)
+async def diagnose(
+    vendor: VendorPath,
+    model: ModelPath,
+    identifier: NumberPath,
+    desk: Desk,
+    asking: Annotated[
+        str | None,
+        Query(min_length=1, max_length=128, description="the account trying to add it"),
+        AfterValidator(lambda v: v if v is None else printable(v)),
+    ] = None,
+) -> DiagnosisBody:
+    """Why this number cannot be added or activated: its state, timeline and verdict
+    (any spelling). An owner may ask only about a device they hold or held."""
+    if desk.principal.role is Role.OWNER:
+        assert desk.principal.subject is not None
+        found = await desk.desk.diagnose(vendor, model, identifier, owner=desk.principal.subject)
+    else:
+        await desk.own_model(vendor, model)
+        found = await desk.desk.diagnose(vendor, model, identifier, asking=asking)
+    return diagnosis_body(found)
+
+
+@router.post(
+    "/diagnose/{vendor}/{model}/{identifier}/resolve",
+    response_model=ResolveAnswer,
+    responses=_errors(403, 404, 409),
+    tags=["support"],
+)
+async def resolve(
+    vendor: VendorPath,
+    model: ModelPath,
+    identifier: NumberPath,
+    body: ResolveRequest,
+    desk: Desk,
+) -> ResolveAnswer:
+    """Act on a diagnosis: ``release`` (a reason is required; the previous owner sees it),
+    ``transfer`` to ``to`` (reason required), ``approve`` or ``reenable``. Audited with
+    the token as the actor."""
+    desk.staff("resolve a diagnosis")
+    await desk.own_model(vendor, model)
+    message = await desk.desk.resolve(
+        vendor, model, identifier, body.action, reason=body.reason, to=body.to
+    )
+    after = await desk.desk.diagnose(vendor, model, identifier, asking=body.to)
+    return ResolveAnswer(message=message, diagnosis=diagnosis_body(after))
+
+
+@router.get(
+    "/models/{vendor}/{model}/support-contact",
+    response_model=ContactBody,
+    responses=_errors(404),
+    tags=["support"],
+)
+async def support_contact(vendor: VendorPath, model: ModelPath, desk: Desk) -> ContactBody:
+    """Whom an owner reaches about this model (any token: shown beside refusals)."""
+    row = await desk.admin.model(vendor, model)
+    return ContactBody(
+        vendor=row.vendor,
+        model=row.model,
+        support_contact=await desk.desk.contact(vendor, model),
+    )
+
+
+@router.put(
+    "/models/{vendor}/{model}/support-contact",
+    response_model=ContactBody,
+    responses=_errors(403, 404),
+    tags=["support"],
+)
+async def set_support_contact(
+    vendor: VendorPath, model: ModelPath, body: ContactRequest, desk: Desk
+) -> ContactBody:
+    """Set (or clear, with null) the support contact of one of my models."""
+    desk.staff("set a model's support contact")
+    row = await desk.own_model(vendor, model)
+    value = await desk.desk.set_contact(
+        vendor, model, body.support_contact, actor=str(desk.principal)
+    )
+    return ContactBody(vendor=row.vendor, model=row.model, support_contact=value)
+
+
+@router.get("/history", response_model=HistoryList, responses=_errors(403), tags=["owner"])
+async def history(desk: Desk) -> HistoryList:
+    """What happened to my devices, newest first: claims, releases (with the reason
+    support recorded), transfers, re-enables, revokes."""
+    if desk.principal.role is not Role.OWNER or desk.principal.subject is None:
+        raise Forbidden("Only an owner's token may read an owner's history.")
+    entries = await desk.desk.history(desk.principal.subject)
+    return HistoryList(
+        entries=[
+            HistoryBody(
+                at=e.at,
+                action=e.action,
+                vendor=e.vendor,
+                model=e.model,
+                identifier=e.identifier,
+                by=e.by,
+                reason=e.reason,
+            )
+            for e in entries
+        ]
+    )
