@@ -1,18 +1,24 @@
 """Request and response bodies of the HTTP API, and how records become them.
 
-Pydantic models only (no web framework here): :mod:`bridge.api` declares its
-routes with them, and FastAPI turns them into the OpenAPI document.
+Pydantic models only (no web framework here): the routes (:mod:`bridge.web.routes`)
+declare themselves with them, and FastAPI turns them into the OpenAPI document. Every
+rule a body's field is checked against is stated in that document too (``pattern``,
+lengths, enums), so that a client generated from it sends only what is accepted.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from bridge import identifiers
 from bridge.records import DeviceRow, ModelRow
+
+#: :func:`printable` as the OpenAPI document states it (ECMA-262 and Python alike). Lone
+#: surrogates are not Unicode text, so no JSON Schema string holds one.
+PRINTABLE: Final = "^[^\\x00-\\x1F\\x7F]*$"
 
 
 def printable(value: str) -> str:
@@ -23,10 +29,39 @@ def printable(value: str) -> str:
     return value
 
 
-Name = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(printable)]
+#: A new vendor or model name (:func:`bridge.admin._check_name`) as far as a pattern can
+#: say it: no "/", no control character, no space at either end, not "." or "..". That it
+#: holds no invisible (format, separator, unassigned) character is said in words.
+_ANY = "[^/\\x00-\\x1F\\x7F-\\x9F]"  # a character a name may hold
+_END = "[^ /\\x00-\\x1F\\x7F-\\x9F]"  # ... at either end
+_SOLO = "[^ ./\\x00-\\x1F\\x7F-\\x9F]"  # ... alone, or first before a second
+NEW_NAME: Final = f"^(?:{_SOLO}|{_SOLO}{_END}|\\.{_SOLO}|{_END}{_ANY}+{_END})$"
+
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=64, json_schema_extra={"pattern": PRINTABLE}),
+    AfterValidator(printable),
+]
+NewName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="no '/', no control or invisible character, no space at either end, "
+        "not '.' or '..'",
+        json_schema_extra={"pattern": NEW_NAME},
+    ),
+    AfterValidator(printable),
+]
 Number = Annotated[
     str,
-    Field(min_length=1, max_length=identifiers.MAX_LENGTH, description="as printed on the label"),
+    Field(
+        min_length=1,
+        max_length=identifiers.MAX_LENGTH,
+        description="as printed on the label; which spellings are valid depends on the "
+        "model's kind and pattern (else 422 invalid_identifier)",
+        json_schema_extra={"pattern": PRINTABLE},
+    ),
     AfterValidator(printable),
 ]
 
@@ -79,17 +114,29 @@ class DeviceList(_Body):
 
 
 class ModelRequest(_Body):
-    vendor: Name | None = Field(
+    # A pattern is for serial numbers only; said in the document as well.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"kind": {"const": identifiers.Kind.SERIAL.value}}},
+                {"properties": {"pattern": {"type": "null"}}},
+            ]
+        }
+    )
+
+    vendor: NewName | None = Field(
         default=None, description="an administrator names the vendor; a vendor token implies it"
     )
-    model: Name
+    model: NewName
     kind: identifiers.Kind
     pattern: (
         Annotated[
             str,
             Field(
                 max_length=identifiers.MAX_PATTERN_LENGTH,
-                description="serial kind only: RE2 syntax (no backreferences or lookaround)",
+                description="serial kind only: RE2 syntax (no backreferences or lookaround), "
+                "at most 2,000 compiled steps",
+                json_schema_extra={"pattern": PRINTABLE, "format": "regex"},
             ),
             AfterValidator(printable),
         ]
@@ -134,7 +181,13 @@ BULK_MAX_IDENTIFIERS = 1_000_000
 
 
 class BulkApproveRequest(_Body):
-    rows: list[Annotated[str, Field(max_length=200), AfterValidator(printable)]] = Field(
+    rows: list[
+        Annotated[
+            str,
+            Field(max_length=200, json_schema_extra={"pattern": PRINTABLE}),
+            AfterValidator(printable),
+        ]
+    ] = Field(
         min_length=1,
         max_length=BULK_MAX_ROWS,
         description=f"identifiers or ranges FIRST..LAST, as in an approval file; at most "
@@ -179,7 +232,11 @@ class ActionResponse(_Body):
 
 
 class TransferRequest(_Body):
-    to: Annotated[str, Field(min_length=1, max_length=128), AfterValidator(printable)]
+    to: Annotated[
+        str,
+        Field(min_length=1, max_length=128, json_schema_extra={"pattern": PRINTABLE}),
+        AfterValidator(printable),
+    ]
 
 
 class AuditEntryBody(_Body):
