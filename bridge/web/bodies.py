@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from bridge import identifiers
 from bridge.records import DeviceRow, ModelRow
@@ -36,6 +36,18 @@ _ANY = "[^/\\x00-\\x1F\\x7F-\\x9F]"  # a character a name may hold
 _END = "[^ /\\x00-\\x1F\\x7F-\\x9F]"  # ... at either end
 _SOLO = "[^ ./\\x00-\\x1F\\x7F-\\x9F]"  # ... alone, or first before a second
 NEW_NAME: Final = f"^(?:{_SOLO}|{_SOLO}{_END}|\\.{_SOLO}|{_END}{_ANY}+{_END})$"
+
+
+def _json_integer(value: object) -> object:
+    # JSON's integers only, as the document says: pydantic alone would also take "5" or true.
+    if isinstance(value, str | bool):
+        raise ValueError("must be a whole number")  # noqa: TRY004 (a validation error)
+    return value
+
+
+#: The document's ``boolean`` and ``integer``: no "true", 1, "5" standing in for them.
+JsonBool = StrictBool
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 Name = Annotated[
     str,
@@ -136,15 +148,16 @@ class ModelRequest(_Body):
                 max_length=identifiers.MAX_PATTERN_LENGTH,
                 description="serial kind only: RE2 syntax (no backreferences or lookaround), "
                 "at most 2,000 compiled steps",
-                json_schema_extra={"pattern": PRINTABLE, "format": "regex"},
+                # RE2 syntax, not the document's ECMA-262 "regex" format: said in words.
+                json_schema_extra={"pattern": PRINTABLE},
             ),
             AfterValidator(printable),
         ]
         | None
     ) = None
-    window_seconds: int = Field(default=86_400, ge=1, le=366 * 86_400)
-    claim_required: bool = True
-    plaintext_keys: bool = Field(
+    window_seconds: JsonInt = Field(default=86_400, ge=1, le=366 * 86_400)
+    claim_required: JsonBool = True
+    plaintext_keys: JsonBool = Field(
         default=False,
         description="also deliver keys in plaintext to requests without a public key, for "
         "devices that cannot do X25519; otherwise such requests get seal_required",
@@ -193,7 +206,7 @@ class BulkApproveRequest(_Body):
         description=f"identifiers or ranges FIRST..LAST, as in an approval file; at most "
         f"{BULK_MAX_ROWS:,} rows and {BULK_MAX_IDENTIFIERS:,} identifiers in all",
     )
-    dry_run: bool = False
+    dry_run: JsonBool = False
 
 
 class Refused(_Body):
@@ -213,7 +226,7 @@ class BulkApproveResponse(_Body):
 
 class UnapproveRequest(_Body):
     identifiers: list[Number] = Field(min_length=1, max_length=10_000)
-    force: bool = Field(default=False, description="also remove claimed or activated devices")
+    force: JsonBool = Field(default=False, description="also remove claimed or activated devices")
 
 
 class UnapproveResponse(_Body):

@@ -19,14 +19,17 @@ from bridge.web.bodies import PRINTABLE, printable
 _PRINTABLE_TEXT: Final = {"pattern": PRINTABLE}
 
 # Path parameters: a serial number containing "/" cannot be named in a path.
+# The examples are the README's: the names a person tries first.
 VendorPath = Annotated[
     str,
-    PathParam(min_length=1, max_length=64, json_schema_extra=_PRINTABLE_TEXT),
+    PathParam(min_length=1, max_length=64, examples=["acme"], json_schema_extra=_PRINTABLE_TEXT),
     AfterValidator(printable),
 ]
 ModelPath = Annotated[
     str,
-    PathParam(min_length=1, max_length=64, json_schema_extra=_PRINTABLE_TEXT),
+    PathParam(
+        min_length=1, max_length=64, examples=["thermo-1"], json_schema_extra=_PRINTABLE_TEXT
+    ),
     AfterValidator(printable),
 ]
 NumberPath = Annotated[
@@ -36,6 +39,7 @@ NumberPath = Annotated[
         max_length=identifiers.MAX_LENGTH,
         description="as printed on the label; which spellings are valid depends on the "
         "model's kind and pattern (else 422 invalid_identifier)",
+        examples=["00:1A:2B:3C:4D:5E"],
         json_schema_extra=_PRINTABLE_TEXT,
     ),
     AfterValidator(printable),
