@@ -1,6 +1,6 @@
 """OpenAPI links: from an answer that names a model or a device to what can be done with
-it next, so that a client (or a stateful test) can follow a device from its approval or
-claim to its show, release, revoke, re-enable and transfer."""
+it next, so that a client (or a stateful test) can follow a device from its approval to
+its claim, and from its claim to its show, release, revoke, re-enable and transfer."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ _DEVICE_NEXT: Final = (
     ("RevokeDevice", "post", f"{_DEVICE}/revoke"),
     ("ReenableDevice", "post", f"{_DEVICE}/reenable"),
     ("TransferDevice", "post", f"{_DEVICE}/transfer"),
+    ("ClaimDevice", "post", "/v1/claims"),  # its names go in the request body
 )
 _MODEL: Final = "/v1/models/{vendor}/{model}"
 _MODEL_NEXT: Final = (
@@ -48,17 +49,17 @@ def _operation_id(document: dict[str, Any], method: str, path: str) -> str:
 
 
 def _links(
-    document: dict[str, Any], targets: tuple[tuple[str, str, str], ...], parameters: dict[str, str]
+    document: dict[str, Any], targets: tuple[tuple[str, str, str], ...], names: dict[str, str]
 ) -> dict[str, Any]:
-    return {
-        name: {
-            "operationId": _operation_id(document, method, path),
-            "parameters": {
-                key: value for key, value in parameters.items() if "{" + key + "}" in path
-            },
-        }
-        for name, method, path in targets
-    }
+    links: dict[str, Any] = {}
+    for name, method, path in targets:
+        link: dict[str, Any] = {"operationId": _operation_id(document, method, path)}
+        if path == "/v1/claims":
+            link["requestBody"] = names  # a claim names its device in the body
+        else:
+            link["parameters"] = {k: v for k, v in names.items() if "{" + k + "}" in path}
+        links[name] = link
+    return links
 
 
 def add_links(document: dict[str, Any]) -> dict[str, Any]:
