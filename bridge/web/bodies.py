@@ -13,28 +13,23 @@ from typing import Annotated, Final
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-from bridge import identifiers
+from bridge import identifiers, text
 from bridge.records import DeviceRow, ModelRow
+from bridge.text import printable
 
-#: :func:`printable` as the OpenAPI document states it (ECMA-262 and Python alike). Lone
-#: surrogates are not Unicode text, so no JSON Schema string holds one.
-PRINTABLE: Final = "^[^\\x00-\\x1F\\x7F]*$"
-
-
-def printable(value: str) -> str:
-    # PostgreSQL text cannot hold NUL and asyncpg cannot encode lone surrogates:
-    # refuse them here as a bad request instead of failing in the driver.
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise ValueError("must not contain control characters")
-    return value
+#: :func:`bridge.text.printable` as the OpenAPI document states it: the one definition
+#: of printable text, in ECMA-262 syntax (and Python's).
+PRINTABLE: Final = text.PRINTABLE_PATTERN
 
 
 #: A new vendor or model name (:func:`bridge.admin._check_name`) as far as a pattern can
 #: say it: no "/", no control character, no space at either end, not "." or "..". That it
 #: holds no invisible (format, separator, unassigned) character is said in words.
-_ANY = "[^/\\x00-\\x1F\\x7F-\\x9F]"  # a character a name may hold
-_END = "[^ /\\x00-\\x1F\\x7F-\\x9F]"  # ... at either end
-_SOLO = "[^ ./\\x00-\\x1F\\x7F-\\x9F]"  # ... alone, or first before a second
+_ANY = "[^/\\u0000-\\u001f\\u007f-\\u009f]"  # a character a name may hold
+# ... at either end: no whitespace that str.strip() removes (the controls aside)
+_SPACES = "\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_END = f"[^/\\u0000-\\u001f\\u007f-\\u009f{_SPACES}]"
+_SOLO = f"[^./\\u0000-\\u001f\\u007f-\\u009f{_SPACES}]"  # ... alone, or first before a second
 NEW_NAME: Final = f"^(?:{_SOLO}|{_SOLO}{_END}|\\.{_SOLO}|{_END}{_ANY}+{_END})$"
 
 
@@ -51,14 +46,14 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 Name = Annotated[
     str,
-    Field(min_length=1, max_length=64, json_schema_extra={"pattern": PRINTABLE}),
+    Field(min_length=1, max_length=text.NAME_MAX, json_schema_extra={"pattern": PRINTABLE}),
     AfterValidator(printable),
 ]
 NewName = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=64,
+        max_length=text.NAME_MAX,
         description="no '/', no control or invisible character, no space at either end, "
         "not '.' or '..'",
         json_schema_extra={"pattern": NEW_NAME},
@@ -247,7 +242,7 @@ class ActionResponse(_Body):
 class TransferRequest(_Body):
     to: Annotated[
         str,
-        Field(min_length=1, max_length=128, json_schema_extra={"pattern": PRINTABLE}),
+        Field(min_length=1, max_length=text.PERSON_MAX, json_schema_extra={"pattern": PRINTABLE}),
         AfterValidator(printable),
     ]
 

@@ -12,9 +12,10 @@ from fastapi import Query
 from fastapi.params import Path as PathParam
 from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 
-from bridge import identifiers
+from bridge import identifiers, text
 from bridge.admin import STATES
-from bridge.web.bodies import PRINTABLE, printable
+from bridge.text import printable
+from bridge.web.bodies import PRINTABLE
 
 _PRINTABLE_TEXT: Final = {"pattern": PRINTABLE}
 
@@ -22,13 +23,18 @@ _PRINTABLE_TEXT: Final = {"pattern": PRINTABLE}
 # The examples are the README's: the names a person tries first.
 VendorPath = Annotated[
     str,
-    PathParam(min_length=1, max_length=64, examples=["acme"], json_schema_extra=_PRINTABLE_TEXT),
+    PathParam(
+        min_length=1, max_length=text.NAME_MAX, examples=["acme"], json_schema_extra=_PRINTABLE_TEXT
+    ),
     AfterValidator(printable),
 ]
 ModelPath = Annotated[
     str,
     PathParam(
-        min_length=1, max_length=64, examples=["thermo-1"], json_schema_extra=_PRINTABLE_TEXT
+        min_length=1,
+        max_length=text.NAME_MAX,
+        examples=["thermo-1"],
+        json_schema_extra=_PRINTABLE_TEXT,
     ),
     AfterValidator(printable),
 ]
@@ -58,9 +64,9 @@ def text_query(max_length: int, description: str | None = None) -> object:
     return Query(max_length=max_length, description=description, json_schema_extra=_PRINTABLE_TEXT)
 
 
-VendorQuery = Annotated[str | None, text_query(64), _Printable]
-ModelQuery = Annotated[str | None, text_query(64), _Printable]
-OwnerQuery = Annotated[str | None, text_query(128), _Printable]
+VendorQuery = Annotated[str | None, text_query(text.NAME_MAX), _Printable]
+ModelQuery = Annotated[str | None, text_query(text.NAME_MAX), _Printable]
+OwnerQuery = Annotated[str | None, text_query(text.PERSON_MAX), _Printable]
 NumberQuery = Annotated[
     str | None,
     text_query(
@@ -78,8 +84,8 @@ AfterQuery = Annotated[
     ),
     _Printable,
 ]
-ClientIdQuery = Annotated[str | None, text_query(128), _Printable]
-CodeQuery = Annotated[str | None, text_query(64), _Printable]
+ClientIdQuery = Annotated[str | None, text_query(text.CLIENT_ID_MAX), _Printable]
+CodeQuery = Annotated[str | None, text_query(text.NAME_MAX), _Printable]
 # The state is checked by Admin (its refusal is the command line's): the enum is said here.
 StateQuery = Annotated[
     str | None,

@@ -15,7 +15,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from bridge.admin import _check_name
 from bridge.errors import Malformed
-from bridge.web.bodies import NEW_NAME, PRINTABLE, printable
+from bridge.text import printable
+from bridge.web.bodies import NEW_NAME, PRINTABLE
 from bridge.web.params import INSTANT, SinceQuery
 
 _SINCE: TypeAdapter[datetime | None] = TypeAdapter(SinceQuery)
@@ -33,7 +34,7 @@ def _printable_ok(text: str) -> bool:
 @example("a\x00b")
 @example("\x7f")
 @example("\x1f")
-@example("\x9f")  # a C1 control: printable as far as the database goes
+@example("\x9f")
 def test_printable_pattern_is_the_printable_check(text: str) -> None:
     assert bool(re.fullmatch(PRINTABLE, text)) == _printable_ok(text)
 
@@ -72,6 +73,8 @@ def _invisible(text: str) -> bool:
 @example("a\u200bb")
 @example("a\x85b")
 @example(".a")
+@example("a\u3000")
+@example("\u2009a")
 def test_new_name_pattern_is_the_name_check(text: str) -> None:
     allowed = bool(re.fullmatch(NEW_NAME, text))
     if _name_ok(text):
