@@ -22,7 +22,7 @@ from bridge.text import printable
 PRINTABLE: Final = text.PRINTABLE_PATTERN
 
 
-#: A new vendor or model name (:func:`bridge.admin._check_name`) as far as a pattern can
+#: A new vendor or model name (:func:`bridge.text.check_name`) as far as a pattern can
 #: say it: no "/", no control character, no space at either end, not "." or "..". That it
 #: holds no invisible (format, separator, unassigned) character is said in words.
 _ANY = "[^/\\u0000-\\u001f\\u007f-\\u009f]"  # a character a name may hold

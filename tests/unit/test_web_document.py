@@ -13,9 +13,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from bridge.admin import _check_name
 from bridge.errors import Malformed
-from bridge.text import printable
+from bridge.text import check_name, printable
 from bridge.web.bodies import NEW_NAME, PRINTABLE
 from bridge.web.params import INSTANT, SinceQuery
 
@@ -47,7 +46,7 @@ def _name_ok(text: str) -> bool:
     if not 1 <= len(text) <= 64 or not _printable_ok(text):
         return False
     try:
-        _check_name("model", text)
+        check_name("model", text)
     except Malformed:
         return False
     return True
