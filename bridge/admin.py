@@ -534,6 +534,7 @@ class Admin:
     async def revoke_token(self, token_id: str) -> ApiToken:
         """Revoke an HTTP API token by its id."""
         return await tokens.revoke_token(self._store, token_id, actor=self._actor)
+
     # -- for the HTTP API: throttled claims, an owner's devices, a device of a known model --
 
     async def throttled_claim(
