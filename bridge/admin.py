@@ -35,6 +35,9 @@ from bridge.errors import (
     Malformed,
     NotApproved,
     NotFound,
+    RateLimited,
+    RequestError,
+    Unavailable,
 )
 from bridge.records import (
     ApiToken,
@@ -560,6 +563,50 @@ class Admin:
         return await SupportDesk(self).resolve(
             vendor, model, identifier, action, reason=reason, to=to
         )
+
+    # -- for the HTTP API: throttled claims, an owner's devices, a device of a known model --
+
+    async def throttled_claim(
+        self, vendor: str, model: str, number: str, *, owner: str, token_id: str
+    ) -> ClaimResult:
+        """:meth:`claim`, with failed claims counted against the API token ``token_id``.
+
+        Past ``api_claim_failures`` failures in ``api_claim_window_seconds`` the claim is
+        refused (RateLimited) before it runs, so that "did you mean ...?" cannot be used
+        to enumerate approved numbers. Only the caller's failures stay counted.
+        """
+        wait = await self._store.take_claim_attempt(
+            token_id,
+            limit=self._settings.api_claim_failures,
+            window_seconds=self._settings.api_claim_window_seconds,
+        )
+        if wait:
+            raise RateLimited(
+                f"Too many failed attempts to add a device with this token; "
+                f"try again in {wait} seconds.",
+                retry_after=wait,
+            )
+        try:
+            result = await self.claim(vendor, model, number, owner=owner)
+        except RequestError:
+            raise  # the caller's failure: it stays counted
+        except Exception:
+            # Not the caller's fault (the database went away, a bug): not counted. A
+            # cancelled claim (client gone, shutdown) is not caught: it answered nothing,
+            # and waiting on the database while cancelled would hold up the shutdown.
+            with contextlib.suppress(Unavailable):
+                await self._store.give_back_claim_attempt(token_id)
+            raise
+        await self._store.give_back_claim_attempt(token_id)
+        return result
+
+    async def owner_devices(self, owner: str, *, limit: int = 500) -> list[tuple[DeviceRow, str]]:
+        """(device, model kind) of the devices ``owner`` holds, by vendor, model, identifier."""
+        return await self._store.owner_devices(owner, limit=limit)
+
+    async def device_of(self, row: ModelRow, number: str) -> DeviceRow | None:
+        """The device ``number`` of a model already looked up; None if it is not approved."""
+        return await self._store.show(row, identifiers.normalize(row.kind, number, row.pattern))
 
 
 def _hasher(settings: Settings) -> keys.KeyHasher | None:

@@ -175,10 +175,10 @@ async def _run_api(
     settings: Settings, store: Store, stop: asyncio.Event, ready: asyncio.Event | None
 ) -> None:
     # FastAPI and uvicorn are loaded only when the API is served.
-    from bridge import api, webserver  # noqa: PLC0415
+    from bridge.web import app, server  # noqa: PLC0415
 
-    await webserver.run_http(
-        api.create_app(store, settings), settings.api_host, settings.api_port, stop, ready=ready
+    await server.run_http(
+        app.create_app(store, settings), settings.api_host, settings.api_port, stop, ready=ready
     )
 
 

@@ -102,7 +102,7 @@ async def _diagnose(admin: Admin, args: argparse.Namespace) -> None:
     if args.json:
         # Imported here: the JSON shape is the HTTP API's, and FastAPI stays out of
         # the other commands.
-        from bridge.api_support import diagnosis_body  # noqa: PLC0415
+        from bridge.web.routes.support import diagnosis_body  # noqa: PLC0415
 
         print(json.dumps(diagnosis_body(found).model_dump(mode="json")))
     else:

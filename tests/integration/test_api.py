@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from bridge.admin import Admin
-from bridge.api import create_app
 from bridge.config import Settings
 from bridge.errors import ClaimedByOther, InvalidIdentifier
 from bridge.store import Store
 from bridge.tokens import create_token, revoke_token
+from bridge.web.app import create_app
 from tests.services import free_port
 
 MAC = "00:1A:2B:3C:4D:5E"

@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from bridge.admin import Admin
-from bridge.api import create_app
 from bridge.config import Settings
 from bridge.errors import NotOwner
 from bridge.tokens import create_token
+from bridge.web.app import create_app
 
 MAC = "00:1A:2B:3C:4D:5E"
 DEVICE = f"/v1/devices/acme/thermo-1/{MAC}"
@@ -196,7 +196,7 @@ async def test_only_an_administrator_transfers(admin: Admin, api: httpx.AsyncCli
 
 async def test_not_owner_from_a_race_is_403(admin: Admin, api: httpx.AsyncClient) -> None:
     # The status table's not_owner: the CLI's refusal, mapped as the API maps it.
-    from bridge.api import STATUS  # noqa: PLC0415
+    from bridge.web.refusals import STATUS  # noqa: PLC0415
 
     await admin.add_model("acme", "thermo-1", kind="mac")
     await admin.approve("acme", "thermo-1", [MAC])

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from bridge import api_guard
 from bridge.admin import Admin
 from bridge.config import Settings
 from bridge.tokens import create_token
+from bridge.web import guard as api_guard
 from tests.helpers import ApiServer, api_server
 
 LIMIT = 1_048_576  # the default BRIDGE_API_MAX_BODY_BYTES

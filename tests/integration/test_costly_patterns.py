@@ -9,9 +9,9 @@ import asyncpg
 import httpx
 
 from bridge.admin import Admin
-from bridge.api import create_app
 from bridge.config import Settings
 from bridge.tokens import create_token
+from bridge.web.app import create_app
 from tests.helpers import RunningBridge, activate
 from tests.integration.test_cli import _env, bridge_cli
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from bridge.admin import Admin
-from bridge.api import create_app
 from bridge.config import Settings
 from bridge.tokens import Role, create_token
+from bridge.web.app import create_app
 from tests.helpers import activate
 from tests.integration import test_broker_security as secure
 from tests.integration.test_cli import _env, bridge_cli

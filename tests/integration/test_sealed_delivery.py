@@ -106,8 +106,8 @@ async def test_the_api_registers_sealed_models_unless_the_vendor_asks_for_plaint
 ) -> None:
     import httpx  # noqa: PLC0415 (only this test speaks HTTP)
 
-    from bridge.api import create_app  # noqa: PLC0415
     from bridge.tokens import create_token  # noqa: PLC0415
+    from bridge.web.app import create_app  # noqa: PLC0415
 
     issued = await create_token(admin.store, "vendor", "acme", actor="test")
     headers = {"Authorization": f"Bearer {issued.token}"}

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from bridge.admin import Admin
-from bridge.api import create_app
+from bridge.web.app import create_app
 from bridge.config import Settings
 from bridge.tokens import create_token
 from tests.integration.test_cli import _env, bridge_cli

@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bridge import keys, mqtt, protocol
 from bridge.admin import Admin
-from bridge.api import create_app
 from bridge.config import Settings, parse_mqtt_url
 from bridge.metrics import Metrics
 from bridge.provisioner import Provisioner
 from bridge.records import Activation, AuditTally, ModelRow, RateLimit
 from bridge.store import Store
 from bridge.tokens import create_token
+from bridge.web.app import create_app
 from tests.conftest import TEST_SECRET
 from tests.helpers import activate, raw_exchange, start_bridge
 from tests.integration.test_cli import _env, bridge_cli

@@ -21,9 +21,6 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bridge/mqtt.py": frozenset({"aiomqtt", "paho"}),
     "bridge/service.py": frozenset({"aiomqtt"}),
     "bridge/dynsec.py": frozenset({"aiomqtt"}),
-    "bridge/api.py": frozenset({"fastapi", "starlette"}),
-    "bridge/api_*.py": frozenset({"fastapi", "starlette"}),
-    "bridge/webserver.py": frozenset({"uvicorn", "starlette"}),
     "bridge/web/*": frozenset({"fastapi", "starlette", "uvicorn"}),
 }
 

@@ -1,32 +1,74 @@
 """Request and response bodies of the HTTP API, and how records become them.
 
-Pydantic models only (no web framework here): :mod:`bridge.api` declares its
-routes with them, and FastAPI turns them into the OpenAPI document.
+Pydantic models only (no web framework here): the routes (:mod:`bridge.web.routes`)
+declare themselves with them, and FastAPI turns them into the OpenAPI document. Every
+rule a body's field is checked against is stated in that document too (``pattern``,
+lengths, enums), so that a client generated from it sends only what is accepted.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-from bridge import identifiers
+from bridge import identifiers, text
 from bridge.records import DeviceRow, ModelRow
+from bridge.text import printable
+
+#: :func:`bridge.text.printable` as the OpenAPI document states it: the one definition
+#: of printable text, in ECMA-262 syntax (and Python's).
+PRINTABLE: Final = text.PRINTABLE_PATTERN
 
 
-def printable(value: str) -> str:
-    # PostgreSQL text cannot hold NUL and asyncpg cannot encode lone surrogates:
-    # refuse them here as a bad request instead of failing in the driver.
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise ValueError("must not contain control characters")
+#: A new vendor or model name (:func:`bridge.text.check_name`) as far as a pattern can
+#: say it: no "/", no control character, no space at either end, not "." or "..". That it
+#: holds no invisible (format, separator, unassigned) character is said in words.
+_ANY = "[^/\\u0000-\\u001f\\u007f-\\u009f]"  # a character a name may hold
+# ... at either end: no whitespace that str.strip() removes (the controls aside)
+_SPACES = "\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_END = f"[^/\\u0000-\\u001f\\u007f-\\u009f{_SPACES}]"
+_SOLO = f"[^./\\u0000-\\u001f\\u007f-\\u009f{_SPACES}]"  # ... alone, or first before a second
+NEW_NAME: Final = f"^(?:{_SOLO}|{_SOLO}{_END}|\\.{_SOLO}|{_END}{_ANY}+{_END})$"
+
+
+def _json_integer(value: object) -> object:
+    # JSON's integers only, as the document says: pydantic alone would also take "5" or true.
+    if isinstance(value, str | bool):
+        raise ValueError("must be a whole number")  # noqa: TRY004 (a validation error)
     return value
 
 
-Name = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(printable)]
+#: The document's ``boolean`` and ``integer``: no "true", 1, "5" standing in for them.
+JsonBool = StrictBool
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=text.NAME_MAX, json_schema_extra={"pattern": PRINTABLE}),
+    AfterValidator(printable),
+]
+NewName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=text.NAME_MAX,
+        description="no '/', no control or invisible character, no space at either end, "
+        "not '.' or '..'",
+        json_schema_extra={"pattern": NEW_NAME},
+    ),
+    AfterValidator(printable),
+]
 Number = Annotated[
     str,
-    Field(min_length=1, max_length=identifiers.MAX_LENGTH, description="as printed on the label"),
+    Field(
+        min_length=1,
+        max_length=identifiers.MAX_LENGTH,
+        description="as printed on the label; which spellings are valid depends on the "
+        "model's kind and pattern (else 422 invalid_identifier)",
+        json_schema_extra={"pattern": PRINTABLE},
+    ),
     AfterValidator(printable),
 ]
 
@@ -79,25 +121,38 @@ class DeviceList(_Body):
 
 
 class ModelRequest(_Body):
-    vendor: Name | None = Field(
+    # A pattern is for serial numbers only; said in the document as well.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"kind": {"const": identifiers.Kind.SERIAL.value}}},
+                {"properties": {"pattern": {"type": "null"}}},
+            ]
+        }
+    )
+
+    vendor: NewName | None = Field(
         default=None, description="an administrator names the vendor; a vendor token implies it"
     )
-    model: Name
+    model: NewName
     kind: identifiers.Kind
     pattern: (
         Annotated[
             str,
             Field(
                 max_length=identifiers.MAX_PATTERN_LENGTH,
-                description="serial kind only: RE2 syntax (no backreferences or lookaround)",
+                description="serial kind only: RE2 syntax (no backreferences or lookaround), "
+                "at most 2,000 compiled steps",
+                # RE2 syntax, not the document's ECMA-262 "regex" format: said in words.
+                json_schema_extra={"pattern": PRINTABLE},
             ),
             AfterValidator(printable),
         ]
         | None
     ) = None
-    window_seconds: int = Field(default=86_400, ge=1, le=366 * 86_400)
-    claim_required: bool = True
-    plaintext_keys: bool = Field(
+    window_seconds: JsonInt = Field(default=86_400, ge=1, le=366 * 86_400)
+    claim_required: JsonBool = True
+    plaintext_keys: JsonBool = Field(
         default=False,
         description="also deliver keys in plaintext to requests without a public key, for "
         "devices that cannot do X25519; otherwise such requests get seal_required",
@@ -134,13 +189,19 @@ BULK_MAX_IDENTIFIERS = 1_000_000
 
 
 class BulkApproveRequest(_Body):
-    rows: list[Annotated[str, Field(max_length=200), AfterValidator(printable)]] = Field(
+    rows: list[
+        Annotated[
+            str,
+            Field(max_length=200, json_schema_extra={"pattern": PRINTABLE}),
+            AfterValidator(printable),
+        ]
+    ] = Field(
         min_length=1,
         max_length=BULK_MAX_ROWS,
         description=f"identifiers or ranges FIRST..LAST, as in an approval file; at most "
         f"{BULK_MAX_ROWS:,} rows and {BULK_MAX_IDENTIFIERS:,} identifiers in all",
     )
-    dry_run: bool = False
+    dry_run: JsonBool = False
 
 
 class Refused(_Body):
@@ -160,7 +221,7 @@ class BulkApproveResponse(_Body):
 
 class UnapproveRequest(_Body):
     identifiers: list[Number] = Field(min_length=1, max_length=10_000)
-    force: bool = Field(default=False, description="also remove claimed or activated devices")
+    force: JsonBool = Field(default=False, description="also remove claimed or activated devices")
 
 
 class UnapproveResponse(_Body):
@@ -179,7 +240,11 @@ class ActionResponse(_Body):
 
 
 class TransferRequest(_Body):
-    to: Annotated[str, Field(min_length=1, max_length=128), AfterValidator(printable)]
+    to: Annotated[
+        str,
+        Field(min_length=1, max_length=text.PERSON_MAX, json_schema_extra={"pattern": PRINTABLE}),
+        AfterValidator(printable),
+    ]
 
 
 class AuditEntryBody(_Body):

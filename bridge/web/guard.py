@@ -1,6 +1,6 @@
 """What every HTTP request meets before a route runs: size limit, token first, security headers.
 
-An ASGI middleware around the API (:mod:`bridge.api` installs it):
+An ASGI middleware around the API (:mod:`bridge.web.app` installs it):
 
 - a body declared (``Content-Length``) larger than the limit is refused with
   413 ``too_large`` before a byte of it is read; a body without a length
@@ -165,17 +165,22 @@ class RequestGuard:
                 retry_after=1,
             )
         self._bodies += 1  # released by __call__ when the request is answered
+        admitted = False
         try:
             async with asyncio.timeout(BODY_SECONDS):
-                return await self._read(receive)
+                body = await self._read(receive)
         except TimeoutError:
-            self._bodies -= 1
             raise Malformed(
                 f"The request body did not arrive within {BODY_SECONDS:g} seconds; send it at once."
             ) from None
-        except BaseException:
-            self._bodies -= 1
-            raise
+        else:
+            admitted = True
+            return body
+        finally:
+            # Whatever ends the reading early (too slow, too large, the task cancelled)
+            # gives the slot back here, since __call__ releases only admitted bodies.
+            if not admitted:
+                self._bodies -= 1
 
     async def _read(self, receive: Receive) -> Receive | None:
         chunks: list[bytes] = []

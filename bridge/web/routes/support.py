@@ -1,5 +1,5 @@
 """The support desk over HTTP: diagnose a number, resolve it, a model's support contact,
-and an owner's history. A router the API app includes (:mod:`bridge.api`).
+and an owner's history.
 
 Who may ask what:
 
@@ -19,38 +19,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.params import Path as PathParam
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Depends, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from bridge import identifiers
-from bridge.admin import Admin
-from bridge.api_bodies import printable
-from bridge.config import Settings
 from bridge.diagnosis import Action, Diagnosis
-from bridge.errors import Forbidden, UnknownModel
+from bridge.errors import Forbidden
 from bridge.records import ModelRow
-from bridge.store import Store
 from bridge.support import MAX_CONTACT, MAX_REASON, SupportDesk
-from bridge.tokens import Principal, Role, authenticate
+from bridge.text import PERSON_MAX, printable
+from bridge.tokens import Role
+from bridge.web.context import Caller, Ctx
+from bridge.web.params import ModelPath, NumberPath, VendorPath
+from bridge.web.refusals import error_responses
 
 router = APIRouter(prefix="/v1")
-
-VendorPath = Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(printable)]
-ModelPath = Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(printable)]
-NumberPath = Annotated[
-    str, PathParam(min_length=1, max_length=identifiers.MAX_LENGTH), AfterValidator(printable)
-]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ErrorAnswer(_Body):
-    code: str
-    message: str
 
 
 class DeviceNow(_Body):
@@ -115,7 +102,7 @@ class DiagnosisBody(_Body):
 
 
 Reason = Annotated[str, Field(min_length=1, max_length=MAX_REASON), AfterValidator(printable)]
-OwnerName = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(printable)]
+OwnerName = Annotated[str, Field(min_length=1, max_length=PERSON_MAX), AfterValidator(printable)]
 
 
 class ResolveRequest(_Body):
@@ -222,52 +209,32 @@ def diagnosis_body(d: Diagnosis) -> DiagnosisBody:
 
 
 class _Desk:
-    """Who asks, and the Admin and SupportDesk acting for them."""
+    """The caller (who asks, and the Admin acting for them) and the support desk on it."""
 
-    def __init__(self, store: Store, settings: Settings, principal: Principal) -> None:
-        self.principal = principal
-        self.admin = Admin(store, settings=settings, actor=str(principal), role=principal.role)
-        self.desk = SupportDesk(self.admin)
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+        self.principal = caller.principal
+        self.admin = caller.admin
+        self.desk = SupportDesk(caller.admin)
 
     def staff(self, doing: str) -> None:
-        if self.principal.role is Role.OWNER:
-            raise Forbidden(f"Only a vendor's or an administrator's token may {doing}.")
+        self.caller.vendor_scope(doing)
 
     async def own_model(self, vendor: str, model: str) -> ModelRow:
-        if self.principal.role is Role.VENDOR and vendor != self.principal.subject:
-            raise UnknownModel(
-                f"The model {vendor}/{model} is not registered; check the vendor and model names."
-            )
-        return await self.admin.model(vendor, model)
+        return await self.caller.own_model(vendor, model)
 
 
-_bearer = HTTPBearer(auto_error=False, description="`bridge token create` prints one")
-
-
-async def _desk(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> _Desk:
-    store: Store = request.app.state.store
-    settings: Settings = request.app.state.settings
-    # The API's guard authenticated every /v1/ request from its headers already.
-    principal: Principal | None = getattr(request.state, "principal", None)
-    if principal is None:
-        principal = await authenticate(store, credentials.credentials if credentials else None)
-    return _Desk(store, settings, principal)
+def _desk(caller: Ctx) -> _Desk:
+    return _Desk(caller)
 
 
 Desk = Annotated[_Desk, Depends(_desk)]
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
-    return {status: {"model": ErrorAnswer} for status in (401, 422, 503, *codes)}
-
-
 @router.get(
     "/diagnose/{vendor}/{model}/{identifier}",
     response_model=DiagnosisBody,
-    responses=_errors(404),
+    responses=error_responses(404),
     tags=["support"],
 )
 async def diagnose(
@@ -295,7 +262,7 @@ async def diagnose(
 @router.post(
     "/diagnose/{vendor}/{model}/{identifier}/resolve",
     response_model=ResolveAnswer,
-    responses=_errors(403, 404, 409),
+    responses=error_responses(403, 404, 409, body=True),
     tags=["support"],
 )
 async def resolve(
@@ -320,7 +287,7 @@ async def resolve(
 @router.get(
     "/models/{vendor}/{model}/support-contact",
     response_model=ContactBody,
-    responses=_errors(404),
+    responses=error_responses(404),
     tags=["support"],
 )
 async def support_contact(vendor: VendorPath, model: ModelPath, desk: Desk) -> ContactBody:
@@ -336,7 +303,7 @@ async def support_contact(vendor: VendorPath, model: ModelPath, desk: Desk) -> C
 @router.put(
     "/models/{vendor}/{model}/support-contact",
     response_model=ContactBody,
-    responses=_errors(403, 404),
+    responses=error_responses(403, 404, body=True),
     tags=["support"],
 )
 async def set_support_contact(
@@ -344,14 +311,14 @@ async def set_support_contact(
 ) -> ContactBody:
     """Set (or clear, with null) the support contact of one of my models."""
     desk.staff("set a model's support contact")
-    row = await desk.own_model(vendor, model)
+    row = await desk.caller.own_model(vendor, model)
     value = await desk.desk.set_contact(
         vendor, model, body.support_contact, actor=str(desk.principal)
     )
     return ContactBody(vendor=row.vendor, model=row.model, support_contact=value)
 
 
-@router.get("/history", response_model=HistoryList, responses=_errors(403), tags=["owner"])
+@router.get("/history", response_model=HistoryList, responses=error_responses(403), tags=["owner"])
 async def history(desk: Desk) -> HistoryList:
     """What happened to my devices, newest first: claims, releases (with the reason
     support recorded), transfers, re-enables, revokes."""
