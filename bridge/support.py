@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from bridge import diagnosis, identifiers
+from bridge import diagnosis, identifiers, text
 from bridge.db import diagnosis as queries
 from bridge.diagnosis import Action, Device, Diagnosis, Event, Facts, Stray
 from bridge.errors import InvalidIdentifier, Malformed, NotClaimed, NotFound
@@ -23,10 +23,6 @@ from bridge.records import ModelRow
 
 if TYPE_CHECKING:
     from bridge.admin import Admin
-
-#: A support reason or contact is one short line of text.
-MAX_REASON: Final = 500
-MAX_CONTACT: Final = 200
 
 
 @dataclass(frozen=True)
@@ -42,17 +38,11 @@ class HistoryEntry:
     reason: str | None
 
 
-def _check_text(label: str, text: str, most: int) -> str:
-    value = text.strip()
-    if not 1 <= len(value) <= most:
-        raise Malformed(f"The {label} must be 1 to {most} characters.")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise Malformed(f"The {label} must not contain control characters.")
-    return value
-
-
 def reason_of(detail: str | None) -> str | None:
-    """The reason recorded in an audit entry's detail (see bridge_audit_detail in schemas/functions/transitions/_common.sql)."""
+    """The reason recorded in an audit entry's detail.
+
+    Written by ``bridge_audit_detail`` (schemas/functions/transitions/_common.sql).
+    """
     if not detail:
         return None
     head, sep, reason = detail.partition("reason: ")
@@ -268,7 +258,9 @@ class SupportDesk:
         ``reenable`` (open a new window).
         """
         action = Action(action)
-        why = _check_text("reason", reason, MAX_REASON) if reason is not None else None
+        why = reason
+        if why is not None:
+            text.check_text("reason", why, text.REASON_MAX, spaces=False)
         if action in (Action.RELEASE, Action.TRANSFER) and why is None:
             raise Malformed(f"A support {action} needs a reason, recorded in the audit log.")
         admin = self._admin
@@ -307,7 +299,7 @@ class SupportDesk:
             )
         if to is None:
             raise Malformed("A transfer needs the account to transfer the device to.")
-        target = _check_text("owner name", to, 128)
+        target = to  # checked by the transfer itself
         await admin.transfer(vendor, model, number, to=target, actor=actor, reason=why)
         return (
             f"The {what} {shown} ({vendor}/{model}) now belongs to {target} (it was {holder}'s); "
@@ -319,7 +311,9 @@ class SupportDesk:
     ) -> str | None:
         """Set (or clear) the support contact shown for the model's devices."""
         row = await self._admin.model(vendor, model)
-        value = _check_text("support contact", contact, MAX_CONTACT) if contact else None
+        value = contact or None
+        if value is not None:
+            text.check_text("support contact", value, text.CONTACT_MAX, spaces=False)
         await queries.set_support_contact(self._store, row, value, actor=actor)
         return value
 

@@ -91,6 +91,30 @@ def first_invisible(value: str, *, spaces: bool = False) -> str | None:
     return None
 
 
+#: A reason recorded with a lifecycle change (shown in the owner's history).
+REASON_MAX: Final = 500
+#: A model's support contact (shown to owners beside refusals).
+CONTACT_MAX: Final = 200
+
+
+def check_text(label: str, value: str, limit: int, *, spaces: bool) -> None:
+    """Free text shown to people (a reason, an actor, a contact): 1 to ``limit``
+    characters, not only spaces, nothing invisible; else Malformed in one sentence.
+
+    Shown in the owner's history, the audit log and terminals: a right-to-left override
+    would display it reversed, and NUL and lone surrogates cannot even be stored.
+    ``spaces``: a name typed by people shows one kind of space.
+    """
+    if not 1 <= len(value) <= limit or not value.strip():
+        raise Malformed(f"The {label} must be 1 to {limit} characters, not only spaces.")
+    bad = first_invisible(value, spaces=spaces)
+    if bad is not None:
+        raise Malformed(
+            f"The {label} contains the invisible or control character U+{ord(bad):04X}; "
+            "use printable characters."
+        )
+
+
 def check_name(label: str, value: str) -> None:
     """A new vendor or model name must be addressable and display as it is stored.
 

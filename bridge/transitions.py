@@ -51,9 +51,6 @@ if TYPE_CHECKING:  # the use case holds a store; it never touches the driver its
 #: ``progress(phase, done, total)``: lines of the file imported so far, of ``total``.
 Progress = Callable[[str, int, int], None]
 
-#: Longest reason kept in an audit row (an actor is a person's name: text.PERSON_MAX).
-REASON_MAX = 500
-
 log = logging.getLogger("bridge.transitions")
 
 
@@ -458,9 +455,9 @@ class Lifecycle:
     def _asker(self, actor: str | None, reason: str | None) -> tuple[str, str | None]:
         """The actor and reason to record: checked, since both are shown to people."""
         if actor is not None:
-            _check_text("actor", actor, text.PERSON_MAX, spaces=True)
+            text.check_text("actor", actor, text.PERSON_MAX, spaces=True)
         if reason is not None:
-            _check_text("reason", reason, REASON_MAX, spaces=False)
+            text.check_text("reason", reason, text.REASON_MAX, spaces=False)
         return (actor if actor is not None else self._actor), reason
 
     async def _device(self, vendor: str, model: str, number: str) -> tuple[ModelRow, str]:
@@ -474,20 +471,6 @@ class Lifecycle:
             if identifiers.suggestion_ok(typed, candidate):
                 return identifiers.display(model.kind, candidate)
         return None
-
-
-def _check_text(label: str, value: str, limit: int, *, spaces: bool) -> None:
-    # Shown in the owner's history, the audit log and terminals: visible text only (a
-    # right-to-left override would display it reversed; NUL and lone surrogates cannot
-    # even be stored). ``spaces``: a name typed by people shows one kind of space.
-    if not 1 <= len(value) <= limit or not value.strip():
-        raise Malformed(f"The {label} must be 1 to {limit} characters, not only spaces.")
-    bad = text.first_invisible(value, spaces=spaces)
-    if bad is not None:
-        raise Malformed(
-            f"The {label} contains the invisible or control character U+{ord(bad):04X}; "
-            "use printable characters."
-        )
 
 
 def _named(row: ModelRow, canonical: str) -> str:

@@ -65,6 +65,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     app.add_exception_handler(BridgeError, on_bridge_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_invalid)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, on_http)  # type: ignore[arg-type]
+    app.state.routers = ROUTERS
     for router in ROUTERS:
         app.include_router(router)
     page.mount(app)

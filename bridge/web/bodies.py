@@ -27,9 +27,9 @@ PRINTABLE: Final = text.PRINTABLE_PATTERN
 #: holds no invisible (format, separator, unassigned) character is said in words.
 _ANY = "[^/\\u0000-\\u001f\\u007f-\\u009f]"  # a character a name may hold
 # ... at either end: no whitespace that str.strip() removes (the controls aside)
-_SPACES = "\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
-_END = f"[^/\\u0000-\\u001f\\u007f-\\u009f{_SPACES}]"
-_SOLO = f"[^./\\u0000-\\u001f\\u007f-\\u009f{_SPACES}]"  # ... alone, or first before a second
+SPACES: Final = "\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_END = f"[^/\\u0000-\\u001f\\u007f-\\u009f{SPACES}]"
+_SOLO = f"[^./\\u0000-\\u001f\\u007f-\\u009f{SPACES}]"  # ... alone, or first before a second
 NEW_NAME: Final = f"^(?:{_SOLO}|{_SOLO}{_END}|\\.{_SOLO}|{_END}{_ANY}+{_END})$"
 
 

@@ -12,7 +12,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from bridge.errors import BridgeError, RateLimited, RequestError, Unavailable
 from bridge.web.bodies import ErrorBody
@@ -75,7 +77,24 @@ async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
     return JSONResponse({"code": "malformed", "message": message}, status_code=422)
 
 
+def _allowed_methods(request: Request) -> str:
+    # Starlette's 405 names the methods of the first route whose path matched; a path
+    # served by two routes (GET and PUT of a model's support contact) needs them all.
+    # The API's routers are read from the app's state (create_app puts them there).
+    methods: set[str] = set()
+    for router in getattr(request.app.state, "routers", ()):
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                match, _ = route.matches(request.scope)
+                if match is not Match.NONE and route.methods:
+                    methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers["Allow"] = allowed
     code = "not_found" if exc.status_code == 404 else "malformed"
     message = (
         "There is no such API endpoint."
@@ -83,5 +102,5 @@ async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
         else f"The request was refused: {exc.detail}."
     )
     return JSONResponse(
-        {"code": code, "message": message}, status_code=exc.status_code, headers=exc.headers
+        {"code": code, "message": message}, status_code=exc.status_code, headers=headers
     )

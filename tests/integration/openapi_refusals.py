@@ -10,7 +10,8 @@ not (every other refusal of a schema-valid request still fails the run):
   matching a pattern for another), which no static document knows;
 - 422 ``malformed`` of a new model whose name holds an invisible character (Unicode's
   format, separator and unassigned characters: a set JSON Schema patterns cannot name
-  portably) or whose pattern is not RE2 syntax within its size bound.
+  portably) or whose pattern is not RE2 syntax within its size bound; likewise free
+  text shown to people (a support reason or contact) holding an invisible character.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def _said_in_words(case: Case[Operation], response: Response) -> bool:
     code, message = body.get("code"), str(body.get("message", ""))
     if code == "invalid_identifier":
         return True
+    if code == "malformed" and "contains the invisible or control character" in message:
+        return True  # free text shown to people: the document says so in words
     is_new_model = case.method.upper() == "POST" and case.operation.path == "/v1/models"
     return (
         is_new_model

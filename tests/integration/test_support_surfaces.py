@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from bridge.admin import Admin
-from bridge.web.app import create_app
 from bridge.config import Settings
 from bridge.tokens import create_token
+from bridge.web.app import create_app
 from tests.integration.test_cli import _env, bridge_cli
 
 MAC = "00:1A:2B:3C:4D:5E"

@@ -19,18 +19,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from bridge import identifiers
+from bridge import identifiers, text
 from bridge.diagnosis import Action, Diagnosis
 from bridge.errors import Forbidden
 from bridge.records import ModelRow
-from bridge.support import MAX_CONTACT, MAX_REASON, SupportDesk
-from bridge.text import PERSON_MAX, printable
+from bridge.support import SupportDesk
+from bridge.text import printable
 from bridge.tokens import Role
+from bridge.web.bodies import PRINTABLE, SPACES
 from bridge.web.context import Caller, Ctx
-from bridge.web.params import ModelPath, NumberPath, VendorPath
+from bridge.web.params import ModelPath, NumberPath, OwnerQuery, VendorPath
 from bridge.web.refusals import error_responses
 
 router = APIRouter(prefix="/v1")
@@ -101,8 +102,31 @@ class DiagnosisBody(_Body):
     attempts_elsewhere: list[StrayBody]
 
 
-Reason = Annotated[str, Field(min_length=1, max_length=MAX_REASON), AfterValidator(printable)]
-OwnerName = Annotated[str, Field(min_length=1, max_length=PERSON_MAX), AfterValidator(printable)]
+#: Free text shown to people (text.check_text): printable, not only spaces; that it holds
+#: no invisible (format, unassigned) character is said in words.
+_CTRL = "\\u0000-\\u001f\\u007f-\\u009f"
+SHOWN_TEXT = f"^[^{_CTRL}]*[^{_CTRL}{SPACES}][^{_CTRL}]*$"
+
+
+def _shown(limit: int, description: str) -> object:
+    return Field(
+        min_length=1,
+        max_length=limit,
+        description=description,
+        json_schema_extra={"pattern": SHOWN_TEXT},
+    )
+
+
+Reason = Annotated[
+    str,
+    _shown(text.REASON_MAX, "shown in the owner's history; no invisible character"),
+    AfterValidator(printable),
+]
+OwnerName = Annotated[
+    str,
+    Field(min_length=1, max_length=text.PERSON_MAX, json_schema_extra={"pattern": PRINTABLE}),
+    AfterValidator(printable),
+]
 
 
 class ResolveRequest(_Body):
@@ -122,7 +146,11 @@ class ContactBody(_Body):
     support_contact: str | None
 
 
-Contact = Annotated[str, Field(min_length=1, max_length=MAX_CONTACT), AfterValidator(printable)]
+Contact = Annotated[
+    str,
+    _shown(text.CONTACT_MAX, "shown to owners beside refusals; no invisible character"),
+    AfterValidator(printable),
+]
 
 
 class ContactRequest(_Body):
@@ -242,11 +270,7 @@ async def diagnose(
     model: ModelPath,
     identifier: NumberPath,
     desk: Desk,
-    asking: Annotated[
-        str | None,
-        Query(min_length=1, max_length=128, description="the account trying to add it"),
-        AfterValidator(lambda v: v if v is None else printable(v)),
-    ] = None,
+    asking: OwnerQuery = None,
 ) -> DiagnosisBody:
     """Why this number cannot be added or activated: its state, timeline and verdict
     (any spelling). An owner may ask only about a device they hold or held."""
