@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ TRACED_SERVE = (
     "def dump(*_):\n"
     "    count[0] += 1\n"
     "    tracemalloc.take_snapshot().dump(f'{sys.argv[1]}.{count[0]}')\n"
+    "    now, peak = tracemalloc.get_traced_memory()\n"
+    "    open(f'{sys.argv[1]}.peak', 'w').write(f'{now / 2**20:.1f} MB now, {peak / 2**20:.1f} MB peak')\n"
     "signal.signal(signal.SIGUSR1, dump)\n"
     "from bridge.cli import main\n"
     "raise SystemExit(main(['serve']))\n"
@@ -52,6 +55,19 @@ def status(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0]) / 1024
     return out
+
+
+def mappings(pid: int, top: int = 8) -> list[tuple[str, float]]:
+    """The bridge's memory by mapping (file, [heap], or anonymous), largest RSS first."""
+    sizes: dict[str, float] = {}
+    name = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5:
+            name = head[5] if len(head) > 5 else "[anonymous]"
+        elif head[0] == "Rss:":
+            sizes[name] = sizes.get(name, 0.0) + int(head[1]) / 1024
+    return sorted(((k.rsplit("/", 1)[-1], round(v, 1)) for k, v in sizes.items()), key=lambda kv: -kv[1])[:top]
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -75,8 +91,14 @@ async def main(args: argparse.Namespace) -> None:
         argv = [sys.executable, "-m", "bridge", "serve"]
         if args.tracemalloc:
             argv = [sys.executable, "-c", TRACED_SERVE, str(snap), str(args.tracemalloc)]
+        if args.gc_probe:
+            argv = [sys.executable, args.gc_probe, str(snap)]
         bridge = stack.enter_context(stock.started(argv, env, workdir / "bridge.log", "subscribed"))
         print(f"started: {status(bridge.pid)}", flush=True)
+        if args.tracemalloc:
+            time.sleep(2)
+            os.kill(bridge.pid, signal.SIGUSR1)  # the baseline: subscribed, nothing served
+            time.sleep(3)
         bench = stock.Bench(args, "127.0.0.1", port, workdir)
         ids = stock.Identifiers(args.activations)
         done = 0
@@ -90,7 +112,8 @@ async def main(args: argparse.Namespace) -> None:
                      "--nonblocking", "--format", "raw", "--output", str(workdir / "spy.txt")],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
-            t0 = time.perf_counter()
+            if (args.tracemalloc or args.gc_probe) and done == 0:  # a snapshot in the middle of the first chunk
+                threading.Timer(args.mid, os.kill, (bridge.pid, signal.SIGUSR1)).start()
             replies, ok, seconds = bench.c_run("provision", lines, 50, False)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes what it has on Ctrl-C
@@ -99,14 +122,17 @@ async def main(args: argparse.Namespace) -> None:
             done += n
             print(f"{done:>8,} activations ({ok:,} ok, {n / seconds:.0f}/s): {status(bridge.pid)}",
                   flush=True)  # fmt: skip
-            if args.tracemalloc and done in (n, args.activations):
-                os.kill(bridge.pid, signal.SIGUSR1)
-                time.sleep(2 + 0 * t0)
+            if args.tracemalloc and done == n:
+                time.sleep(3)  # the snapshot taken in the middle of the chunk is written
+        print("largest mappings by RSS (MB):", mappings(bridge.pid), flush=True)
+        if args.gc_probe:
+            print(snap.read_text() if snap.exists() else "no probe output")
         if args.tracemalloc:
             import tracemalloc
 
             first = tracemalloc.Snapshot.load(f"{snap}.1")
             last = tracemalloc.Snapshot.load(f"{snap}.2")
+            print(f"tracemalloc peak: {Path(f'{snap}.peak').read_text()}")
             total = sum(s.size for s in last.statistics("filename"))
             print(f"tracemalloc: {total / 2**20:.1f} MB traced at the end; growth by line:")
             for stat in last.compare_to(first, "lineno")[:15]:
@@ -117,6 +143,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    stock._stop_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -125,5 +152,7 @@ if __name__ == "__main__":
     parser.add_argument("--chunk", type=int, default=20_000)
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES")
     parser.add_argument("--py-spy", action="store_true", help="profile the second chunk")
+    parser.add_argument("--gc-probe", help="a serve script that collects on SIGUSR1")
+    parser.add_argument("--mid", type=float, default=4.0, help="tracemalloc: when in chunk 1")
     parser.add_argument("--timeout", type=float, default=300.0)
     asyncio.run(main(parser.parse_args()))

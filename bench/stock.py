@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -164,14 +165,13 @@ class Procs:
     """The processes whose CPU is measured (pids of tree roots)."""
 
     pids: dict[str, list[int]]
-    db: asyncpg.Connection
 
-    async def snapshot(self, counters: bool = False) -> dict[str, float]:
+    async def snapshot(self, db: asyncpg.Connection | None = None) -> dict[str, float]:
         kids = _children()
         snap = {name: sum(tree_cpu(p, kids) for p in ps) for name, ps in self.pids.items()}
         snap["machine"] = machine_cpu()
-        if counters:
-            snap |= await pg_counters(self.db)
+        if db is not None:
+            snap |= await pg_counters(db)
         return snap
 
 
@@ -209,11 +209,12 @@ class Run:
 
 
 def cost(
-    before: dict[str, float], after: dict[str, float], done: int, ours: list[str]
+    before: dict[str, float], after: dict[str, float], done: int, owners: dict[str, str]
 ) -> dict[str, float]:
+    """Per activation: CPU µs of each owner (label -> process group), database counters."""
     if not done:
         return {}
-    out = {f"{k}_us": 1e6 * (after[k] - before[k]) / done for k in ours}
+    out = {f"{label}_us": 1e6 * (after[k] - before[k]) / done for label, k in owners.items()}
     if "commits" not in after:
         return out
     for k in ("commits", "rows_written", "wal_records", "wal_fpi", "wal_fsyncs"):
@@ -455,22 +456,76 @@ async def load(admin_url: str, size: int) -> str:
     return dsn
 
 
-async def one_database(args: argparse.Namespace, kind: str, workdir: Path) -> dict[str, Any]:
+@dataclass
+class Target:
+    """Something the generators send requests to: the echo, or one bridge on one database."""
+
+    name: str
+    prefix: str
+    db: str | None  # which database the bridge uses; None for the echo
+    fresh: Identifiers | None = None
+
+    @property
+    def echo(self) -> bool:
+        return self.db is None
+
+    def owners(self) -> dict[str, str]:
+        """Label -> process group whose CPU counts for this target."""
+        if self.db is None:
+            return {"own": self.name, "mosquitto": "mosquitto"}
+        return {"own": self.name, "postgres": f"postgres@{self.db}", "mosquitto": "mosquitto"}
+
+    def identifiers(self, n: int, tag: str) -> list[str]:
+        if self.fresh is None:
+            return [f"{tag}{i:09d}" for i in range(n)]
+        return self.fresh.take(n)
+
+
+def variants_of(args: argparse.Namespace) -> dict[str, list[str]]:
     variants: dict[str, list[str]] = {"bridge": []}
     for spec in args.variant:
         name, _, extra = spec.partition("=")
         variants[name] = shlex.split(extra)
-    per_run = len(variants) + 1
+    return variants
+
+
+def start_bridge(
+    stack: contextlib.ExitStack, name: str, extra: list[str], env: dict[str, str], workdir: Path
+) -> list[int]:
+    """One bridge variant (one process, or @N in a share group): its pids."""
+    # Each its own client id: bridges on one host would share the default one.
+    env = {**env, "BRIDGE_CLIENT_ID": f"bench-{name}-{os.getpid()}"}
+    extra = list(extra)
+    while extra and "=" in extra[0] and not extra[0].startswith("-"):
+        key, _, value = extra.pop(0).partition("=")
+        env[key] = value  # NAME='BRIDGE_X=1 --flag': settings from the environment
+    argv = [sys.executable, "-m", "bridge", "serve"]
+    copies = 1
+    if extra and extra[0].startswith("@"):  # @N: N processes in one share group
+        copies, extra = int(extra[0][1:]), extra[1:]
+        env["BRIDGE_SHARE_GROUP"] = f"bench-{name}"
+    if extra and extra[0] == "uvloop":  # the same serve on uvloop's event loop
+        extra = extra[1:]
+        argv = [sys.executable, "-c", UVLOOP_SERVE]
+    pids = []
+    for copy in range(copies):
+        if copies > 1:
+            env = {**env, "BRIDGE_CLIENT_ID": f"bench-{name}-{copy}-{os.getpid()}"}
+        log = workdir / f"{name}-{copy}.log".replace("@", "-")
+        pids.append(stack.enter_context(started([*argv, *extra], env, log, "subscribed")).pid)
+    return pids
+
+
+async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Every database and variant started at once, measured alternately, echo first."""
+    variants = variants_of(args)
     needed = len(variants) * (
         args.repeat * (2 * args.requests + int(args.rate * args.latency_seconds))
         + 2 * args.cost_requests
     )
     size = max(args.size, int(needed * 1.05))
     results: list[Run] = []
-    with (
-        database(kind) as (admin_url, pg_pid, described),
-        contextlib.ExitStack() as stack,
-    ):
+    with contextlib.ExitStack() as stack:
         port = services.free_port()
         conf = (
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
@@ -478,145 +533,116 @@ async def one_database(args: argparse.Namespace, kind: str, workdir: Path) -> di
         )
         broker = stack.enter_context(services.mosquitto_process(conf, port))
         mqtt_url = f"mqtt://127.0.0.1:{port}"
-        t0 = time.perf_counter()
-        dsn = await load(admin_url, size)
-        print(
-            f"\n== {described}; {size:,} claimed identifiers loaded in {time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
-        pids: dict[str, list[int]] = {"postgres": [pg_pid], "mosquitto": [broker.pid]}
-        env_base = {**os.environ, "BRIDGE_DATABASE_URL": dsn, "BRIDGE_MQTT_URL": mqtt_url,
-                    "BRIDGE_SECRET": os.urandom(32).hex()}  # fmt: skip
-        bridges: dict[str, tuple[str, list[int]]] = {}
-        for n, (name, extra) in enumerate(variants.items()):
-            # Each its own client id: bridges on one host share the default one.
-            env = {**env_base, "BRIDGE_TOPIC_PREFIX": f"br{n}",
-                   "BRIDGE_CLIENT_ID": f"bench-{name}-{os.getpid()}"}  # fmt: skip
-            while extra and "=" in extra[0] and not extra[0].startswith("-"):
-                key, _, value = extra.pop(0).partition("=")
-                env[key] = value  # NAME='BRIDGE_X=1 --flag': settings from the environment
-            argv = [sys.executable, "-m", "bridge", "serve"]
-            copies = 1
-            if extra and extra[0].startswith("@"):  # @N: N processes in one share group
-                copies, extra = int(extra[0][1:]), extra[1:]
-                env["BRIDGE_SHARE_GROUP"] = f"bench-{name}"
-            if extra and extra[0] == "uvloop":  # the same serve on uvloop's event loop
-                extra = extra[1:]
-                argv = [sys.executable, "-c", UVLOOP_SERVE]
-            for copy in range(copies):
-                if copies > 1:
-                    env = {**env, "BRIDGE_CLIENT_ID": f"bench-{name}-{copy}-{os.getpid()}"}
-                proc = stack.enter_context(
-                    started([*argv, *extra], env, workdir / f"{kind}-{name}-{copy}.log", "subscribed")
-                )  # fmt: skip
-                bridges.setdefault(name, (f"br{n}", []))[1].append(proc.pid)
-            pids[name] = bridges[name][1]
+        pids: dict[str, list[int]] = {"mosquitto": [broker.pid]}
+        secret = os.urandom(32).hex()
+        targets: list[Target] = []
+        described: dict[str, str] = {}
+        conns: dict[str, asyncpg.Connection] = {}
+        n = 0
+        for kind in args.db:
+            admin_url, pg_pid, described[kind] = stack.enter_context(database(kind))
+            t0 = time.perf_counter()
+            dsn = await load(admin_url, size)
+            print(f"{described[kind]}: {size:,} claimed identifiers loaded in "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
+            pids[f"postgres@{kind}"] = [pg_pid]
+            conns[kind] = await asyncpg.connect(dsn)
+            fresh = Identifiers(size)
+            env = {**os.environ, "BRIDGE_DATABASE_URL": dsn, "BRIDGE_MQTT_URL": mqtt_url,
+                   "BRIDGE_SECRET": secret}  # fmt: skip
+            for variant, extra in variants.items():
+                name = f"{variant}@{kind}"
+                prefix = f"br{n}"
+                n += 1
+                pids[name] = start_bridge(
+                    stack, name, extra, {**env, "BRIDGE_TOPIC_PREFIX": prefix}, workdir
+                )
+                targets.append(Target(name, prefix, kind, fresh))
         echo = stack.enter_context(
             started([sys.executable, str(REPO / "bench" / "echo.py"), "--mqtt", mqtt_url,
                      "--prefix", "echo", "--client-id", f"echo-{os.getpid()}"],
-                    dict(os.environ), workdir / f"{kind}-echo.log", "subscribed")
+                    dict(os.environ), workdir / "echo.log", "subscribed")
         )  # fmt: skip
         pids["echo"] = [echo.pid]
-        db = await asyncpg.connect(dsn)
-        procs = Procs(pids, db)
+        targets.insert(0, Target("echo", "echo", None))
+        procs = Procs(pids)
         bench = Bench(args, "127.0.0.1", port, workdir)
-        fresh = Identifiers(size)
-        targets = [("echo", "echo", True)] + [
-            (name, prefix, False) for name, (prefix, _) in bridges.items()
-        ]
 
         async def measured(
-            target: str, kind_: str, work: Callable[[], Any], ours: list[str]
+            target: Target, kind: str, offered: int, work: Callable[[], Any]
         ) -> None:
             await asyncio.sleep(args.pause)
             before = await procs.snapshot()
             out = await asyncio.to_thread(work)
-            await asyncio.sleep(1.1)  # backends report their counters at most once a second
             after = await procs.snapshot()
             replies, ok, seconds = out[:3]
-            wall = seconds + args.pause
             mine = sum(after[k] - before[k] for k in pids)
-            run = Run(target, kind_, offered, seconds, replies, ok)
+            run = Run(target.name, kind, offered, seconds, replies, ok)
             if len(out) > 3:
                 run.latencies_ms = out[3]
-            run.per_activation = cost(before, after, ok, ours)
-            run.other_cores = max(0.0, (after["machine"] - before["machine"] - mine) / wall)
+            run.per_activation = cost(before, after, ok, target.owners())
+            run.other_cores = max(0.0, (after["machine"] - before["machine"] - mine) / seconds)
             results.append(run)
             print(run.line(), flush=True)
 
         try:
             for rep in range(args.repeat):
                 for clients in (1, 50):
-                    for target, prefix, is_echo in targets:
-                        offered = args.requests
-                        ids = (
-                            fresh.take(offered)
-                            if not is_echo
-                            else [f"E{i:09d}" for i in range(offered)]
-                        )
+                    for target in targets:
+                        ids = target.identifiers(args.requests, "E")
                         lines = [request(f"r{i}", x) for i, x in enumerate(ids)]
-                        ours = (
-                            ["mosquitto", "echo"] if is_echo else ["postgres", "mosquitto", target]
-                        )
                         await measured(
-                            target, f"c{clients}",
-                            lambda p=prefix, ln=lines, c=clients, e=is_echo: bench.c_run(p, ln, c, e),
-                            ours,
+                            target, f"c{clients}", len(lines),
+                            lambda t=target, ln=lines, c=clients: bench.c_run(t.prefix, ln, c, t.echo),
                         )  # fmt: skip
-                for target, prefix, is_echo in targets:
-                    offered = int(args.rate * args.latency_seconds)
-                    ids = (
-                        fresh.take(offered)
-                        if not is_echo
-                        else [f"L{i:09d}" for i in range(offered)]
-                    )
-                    ours = ["mosquitto", "echo"] if is_echo else ["postgres", "mosquitto", target]
+                for target in targets:
+                    ids = target.identifiers(int(args.rate * args.latency_seconds), "L")
                     await measured(
-                        target, "latency",
-                        lambda p=prefix, i=ids, e=is_echo: bench.latency_run(p, i, e),
-                        ours,
+                        target, "latency", len(ids),
+                        lambda t=target, i=ids: bench.latency_run(t.prefix, i, t.echo),
                     )  # fmt: skip
                 print(f"   (repetition {rep + 1} of {args.repeat} done)", flush=True)
-            # The database's counters: backends report them at most once a second, and
-            # an idle backend its last second only 10 s later; so one run of its own.
-            counters = {}
-            for target, prefix, is_echo in targets:
-                if is_echo:
-                    continue
-                ids = fresh.take(args.cost_requests)
-                lines = [request(f"k{i}", x) for i, x in enumerate(ids)]
-                await asyncio.sleep(11)
-                before = await procs.snapshot(counters=True)
-                replies, ok, seconds = await asyncio.to_thread(
-                    bench.c_run, prefix, lines, 50, False
-                )
-                await asyncio.sleep(11)
-                after = await procs.snapshot(counters=True)
-                counters[target] = cost(before, after, ok, ["postgres", "mosquitto", target])
-                print(
-                    f"{target} counters over {ok:,} activations (c50): "
-                    + "  ".join(f"{k} {v:.2f}" for k, v in counters[target].items()),
-                    flush=True,
-                )
-                # ... and at the latency run's rate, where activations rarely share a commit.
-                ids = fresh.take(args.cost_requests)
-                before = await procs.snapshot(counters=True)
-                replies, ok, seconds, _ = await asyncio.to_thread(
-                    bench.latency_run, prefix, ids, False
-                )
-                await asyncio.sleep(11)
-                after = await procs.snapshot(counters=True)
-                counters[f"{target} at {args.rate:g}/s"] = cost(
-                    before, after, ok, ["postgres", "mosquitto", target]
-                )
-            hwm = {
-                name: round(max(tree_hwm_mb(p) for p in ps), 1) for name, (_, ps) in bridges.items()
-            }
+            counters = await settled_counters(args, targets[1:], procs, conns, bench)
+            hwm = {t.name: round(max(tree_hwm_mb(p) for p in pids[t.name]), 1) for t in targets[1:]}
         finally:
-            await db.close()
-    del per_run
-    return {"database": kind, "described": described, "size": size, "runs": results,
-            "bridge_hwm_mb": hwm, "counters": counters}  # fmt: skip
+            for conn in conns.values():
+                await conn.close()
+    return {"described": described, "size": size, "runs": results, "bridge_hwm_mb": hwm,
+            "counters": counters}  # fmt: skip
+
+
+async def settled_counters(
+    args: argparse.Namespace,
+    targets: list[Target],
+    procs: Procs,
+    conns: dict[str, asyncpg.Connection],
+    bench: Bench,
+) -> dict[str, dict[str, float]]:
+    """The database's counters per activation, as fast as they go and at --rate.
+
+    Backends report their counters at most once a second, and an idle backend its last
+    second only 10 s later: so runs of their own, with 11 s of quiet around each.
+    """
+    counters = {}
+    for target in targets:
+        assert target.db is not None
+        conn = conns[target.db]
+        for how in ("c50", f"{args.rate:g}/s"):
+            ids = target.identifiers(args.cost_requests, "K")
+            await asyncio.sleep(11)
+            before = await procs.snapshot(conn)
+            if how == "c50":
+                lines = [request(f"k{i}", x) for i, x in enumerate(ids)]
+                _, ok, _ = await asyncio.to_thread(bench.c_run, target.prefix, lines, 50, False)
+            else:
+                _, ok, _, _ = await asyncio.to_thread(bench.latency_run, target.prefix, ids, False)
+            await asyncio.sleep(11)
+            after = await procs.snapshot(conn)
+            key = f"{target.name} {how}"
+            counters[key] = cost(before, after, ok, target.owners())
+            print(f"{key} counters over {ok:,} activations: "
+                  + "  ".join(f"{k} {v:.2f}" for k, v in counters[key].items()), flush=True)  # fmt: skip
+    return counters
 
 
 def median(values: list[float]) -> float:
@@ -625,71 +651,66 @@ def median(values: list[float]) -> float:
 
 def table(report: dict[str, Any]) -> str:
     runs: list[Run] = report["runs"]
-    names = list(dict.fromkeys(r.target for r in runs if r.target != "echo"))
+    names = list(dict.fromkeys(r.target for r in runs))
 
     def of(target: str, kind: str) -> list[Run]:
         return [r for r in runs if r.target == target and r.kind == kind]
 
+    def med(target: str, kind: str, value: Callable[[Run], float]) -> float:
+        return median([value(r) for r in of(target, kind)])
+
+    sizes = f"{report['size']:,} claimed identifiers in each database"
     rows = [
-        f"\n### {report['described']} ({report['size']:,} claimed identifiers)\n",
+        "\n".join(f"- `{kind}`: {text}" for kind, text in report["described"].items()),
+        f"\nMedians of {ARGS.repeat} runs, alternated; {sizes}.\n",
         "| run | 1 client id /s | ratio | 50 client ids /s | ratio | p50 ms at "
         f"{ARGS.rate:g}/s | ratio | p99 ms | ratio | other load (cores) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    echo1, echo50 = (
-        median([r.rate for r in of("echo", "c1")]),
-        median([r.rate for r in of("echo", "c50")]),
-    )
-    elat = of("echo", "latency")
-    e50, e99 = median([r.pct(0.5) for r in elat]), median([r.pct(0.99) for r in elat])
-    for name in ["echo", *names]:
-        c1, c50 = (
-            median([r.rate for r in of(name, "c1")]),
-            median([r.rate for r in of(name, "c50")]),
-        )
-        lat = of(name, "latency")
-        p50, p99 = median([r.pct(0.5) for r in lat]), median([r.pct(0.99) for r in lat])
-        other = max(r.other_cores for r in runs if r.target == name)
+    e1, e50 = med("echo", "c1", Run.rate.fget), med("echo", "c50", Run.rate.fget)  # type: ignore[arg-type]
+    p50, p99 = (lambda r: r.pct(0.5)), (lambda r: r.pct(0.99))
+    l50, l99 = med("echo", "latency", p50), med("echo", "latency", p99)
+    for name in names:
+        c1 = med(name, "c1", lambda r: r.rate)
+        c50 = med(name, "c50", lambda r: r.rate)
+        b50, b99 = med(name, "latency", p50), med(name, "latency", p99)
+        other = median([r.other_cores for r in runs if r.target == name])
         rows.append(
-            f"| {name} | {c1:.0f} | {c1 / echo1:.2f} | {c50:.0f} | {c50 / echo50:.2f} | "
-            f"{p50:.1f} | {p50 / e50:.2f} | {p99:.1f} | {p99 / e99:.2f} | ≤ {other:.2f} |"
+            f"| {name} | {c1:.0f} | {c1 / e1:.2f} | {c50:.0f} | {c50 / e50:.2f} | "
+            f"{b50:.1f} | {b50 / l50:.2f} | {b99:.1f} | {b99 / l99:.2f} | {other:.2f} |"
         )
     rows.append("")
     rows.append("All runs, /s: " + "; ".join(
         f"{n} {k}: " + ", ".join(f"{r.rate:.0f}" for r in of(n, k))
-        for n in ["echo", *names] for k in ("c1", "c50")
+        for n in names for k in ("c1", "c50")
     ))  # fmt: skip
     rows.append("All latency runs, p50/p99 ms: " + "; ".join(
         f"{n}: " + ", ".join(f"{r.pct(0.5):.1f}/{r.pct(0.99):.1f}" for r in of(n, "latency"))
-        for n in ["echo", *names]
+        for n in names
     ))  # fmt: skip
     rows.append(f"Bridge peak RSS (VmHWM, MB): {report['bridge_hwm_mb']}")
     rows.append("\nCPU per activation, µs (medians):\n")
-    rows.append("| run | own process | postgres | mosquitto |")
-    rows.append("|---|---|---|---|")
-    for name in ["echo", *names]:
+    rows.append("| run | c1: own | postgres | mosquitto | c50: own | postgres | mosquitto "
+                f"| {ARGS.rate:g}/s: own | postgres | mosquitto |")  # fmt: skip
+    rows.append("|---|" + "---|" * 9)
+    for name in names:
+        cells = []
         for kind in ("c1", "c50", "latency"):
-            sel = of(name, kind)
-            own, pg, mq = (
-                median([r.per_activation.get(f"{k}_us", float("nan")) for r in sel])
-                for k in (name, "postgres", "mosquitto")
-            )
-            rows.append(
-                f"| {name} {kind} | {own:.0f} | "
-                + ("–" if pg != pg else f"{pg:.0f}")
-                + f" | {mq:.0f} |"
-            )
+            for label in ("own", "postgres", "mosquitto"):
+                v = med(name, kind, lambda r, k=label: r.per_activation.get(f"{k}_us", math.nan))
+                cells.append("-" if math.isnan(v) else f"{v:.0f}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     keys = ["commits", "rows_written", "wal_records", "wal_fpi", "wal_bytes", "wal_fsyncs"]
-    rows.append(
-        f"\nDatabase per activation ({ARGS.cost_requests:,} activations from 50 client ids "
-        f"as fast as they go, and at {ARGS.rate:g}/s; counters settled):\n"
-    )
+    rows.append(f"\nDatabase per activation ({ARGS.cost_requests:,} activations from 50 client "
+                f"ids as fast as they go, and at {ARGS.rate:g}/s; counters settled):\n")  # fmt: skip
     rows.append("| bridge | " + " | ".join(keys) + " | postgres µs | bridge µs |")
     rows.append("|---|" + "---|" * (len(keys) + 2))
     for name, c in report["counters"].items():
-        rows.append(f"| {name} | " + " | ".join(
-            f"{c[k]:.0f}" if k == "wal_bytes" else f"{c[k]:.2f}" for k in keys
-        ) + f" | {c['postgres_us']:.0f} | {c[name.split()[0] + '_us']:.0f} |")  # fmt: skip
+        if not c:
+            continue
+        cells = [f"{c[k]:.0f}" if k == "wal_bytes" else f"{c[k]:.2f}" for k in keys]
+        rows.append(f"| {name} | " + " | ".join(cells)
+                    + f" | {c['postgres_us']:.0f} | {c['own_us']:.0f} |")  # fmt: skip
     return "\n".join(rows)
 
 
@@ -764,19 +785,18 @@ def parse() -> argparse.Namespace:
 
 async def main() -> None:
     print(configuration(), flush=True)
-    reports = []
     with tempfile.TemporaryDirectory(prefix="bench-stock-") as tmp:
-        for kind in ARGS.db:
-            reports.append(await one_database(ARGS, kind, Path(tmp)))
-    print("\n" + configuration().replace("\n", "\n"))
-    for report in reports:
-        print(table(report))
-    ARGS.json.write_text(json.dumps(
-        {"configuration": configuration(), "reports": [
-            {**r, "runs": [{**vars(run), "rate": run.rate, "p50": run.pct(0.5), "p99": run.pct(0.99)}
-                           for run in r["runs"]]} for r in reports]},
-        indent=1, default=str,
-    ))  # fmt: skip
+        report = await run_all(ARGS, Path(tmp))
+    print("\n" + configuration() + "\n")
+    print(table(report))
+    runs = [
+        {**vars(r), "rate": r.rate, "p50": r.pct(0.5), "p99": r.pct(0.99)} for r in report["runs"]
+    ]
+    for run in runs:
+        del run["latencies_ms"]
+    ARGS.json.write_text(
+        json.dumps({"configuration": configuration(), **report, "runs": runs}, indent=1)
+    )
 
 
 def _stop_on_sigterm() -> None:
