@@ -6,11 +6,12 @@ with its default settings and offers the activations in chunks from 50 client id
 (``mosquitto_pub -l``), printing the bridge's VmRSS and VmHWM after each chunk.
 
 ``--py-spy`` profiles the bridge during the second chunk (py-spy, on PATH) and prints
-where its samples fall. ``--tracemalloc N`` runs the bridge with tracemalloc (N frames) and prints, after the
-last chunk, the allocation sites that grew the most since the first chunk: Python's
-share of the growth, by line.
+where its samples fall. ``--tracemalloc N`` runs the bridge with tracemalloc (N frames)
+and prints the allocation sites that grew the most between its start and ``--mid``
+seconds into the first chunk. ``--gc-probe SCRIPT`` runs the bridge from SCRIPT, which
+reports what it holds on SIGUSR1 (sent at the same moment).
 
-Run: python bench/rss.py [--activations 200000] [--tracemalloc 8]
+Run: python bench/rss.py [--activations 200000] [--chunk 20000] [--py-spy]
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ TRACED_SERVE = (
     "    count[0] += 1\n"
     "    tracemalloc.take_snapshot().dump(f'{sys.argv[1]}.{count[0]}')\n"
     "    now, peak = tracemalloc.get_traced_memory()\n"
-    "    open(f'{sys.argv[1]}.peak', 'w').write(f'{now / 2**20:.1f} MB now, {peak / 2**20:.1f} MB peak')\n"
+    "    text = f'{now / 2**20:.1f} MB now, {peak / 2**20:.1f} MB peak'\n"
+    "    open(f'{sys.argv[1]}.peak', 'w').write(text)\n"
     "signal.signal(signal.SIGUSR1, dump)\n"
     "from bridge.cli import main\n"
     "raise SystemExit(main(['serve']))\n"
@@ -67,10 +69,12 @@ def mappings(pid: int, top: int = 8) -> list[tuple[str, float]]:
             name = head[5] if len(head) > 5 else "[anonymous]"
         elif head[0] == "Rss:":
             sizes[name] = sizes.get(name, 0.0) + int(head[1]) / 1024
-    return sorted(((k.rsplit("/", 1)[-1], round(v, 1)) for k, v in sizes.items()), key=lambda kv: -kv[1])[:top]
+    return sorted(
+        ((k.rsplit("/", 1)[-1], round(v, 1)) for k, v in sizes.items()), key=lambda kv: -kv[1]
+    )[:top]
 
 
-async def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp,
         stock.database(args.db) as (admin_url, _pg, described),
@@ -83,10 +87,14 @@ async def main(args: argparse.Namespace) -> None:
             "set_tcp_nodelay true\nmax_queued_messages 100000\n"
         )
         stack.enter_context(services.mosquitto_process(conf, port))
-        dsn = await stock.load(admin_url, args.activations)
+        dsn = asyncio.run(stock.load(admin_url, args.activations))
         print(f"{described}; {args.activations:,} claimed identifiers", flush=True)
-        env = {**os.environ, "BRIDGE_DATABASE_URL": dsn,
-               "BRIDGE_MQTT_URL": f"mqtt://127.0.0.1:{port}", "BRIDGE_SECRET": os.urandom(32).hex()}  # fmt: skip
+        env = {
+            **os.environ,
+            "BRIDGE_DATABASE_URL": dsn,
+            "BRIDGE_MQTT_URL": f"mqtt://127.0.0.1:{port}",
+            "BRIDGE_SECRET": os.urandom(32).hex(),
+        }
         snap = workdir / "snap"
         argv = [sys.executable, "-m", "bridge", "serve"]
         if args.tracemalloc:
@@ -112,9 +120,11 @@ async def main(args: argparse.Namespace) -> None:
                      "--nonblocking", "--format", "raw", "--output", str(workdir / "spy.txt")],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
-            if (args.tracemalloc or args.gc_probe) and done == 0:  # a snapshot in the middle of the first chunk
+            if (
+                args.tracemalloc or args.gc_probe
+            ) and done == 0:  # a snapshot in the middle of the first chunk
                 threading.Timer(args.mid, os.kill, (bridge.pid, signal.SIGUSR1)).start()
-            replies, ok, seconds = bench.c_run("provision", lines, 50, False)
+            _, ok, seconds = bench.c_run("provision", lines, 50, False)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes what it has on Ctrl-C
                 spy.wait()
@@ -155,4 +165,4 @@ if __name__ == "__main__":
     parser.add_argument("--gc-probe", help="a serve script that collects on SIGUSR1")
     parser.add_argument("--mid", type=float, default=4.0, help="tracemalloc: when in chunk 1")
     parser.add_argument("--timeout", type=float, default=300.0)
-    asyncio.run(main(parser.parse_args()))
+    main(parser.parse_args())

@@ -55,10 +55,10 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.services, run from anywhere
 
-from activations import MODEL, VENDOR, insert_claimed, with_database  # noqa: E402
+from activations import MODEL, VENDOR, insert_claimed, with_database
 
-from bridge.store import Store  # noqa: E402
-from tests import services  # noqa: E402
+from bridge.store import Store
+from tests import services
 
 STOCK_BINDIR = "/usr/lib/postgresql/15/bin"
 TUNED = {"shared_buffers": "512MB", "max_connections": "200", "max_wal_size": "4GB"}
@@ -306,7 +306,7 @@ class Bench:
                             ],
                             stdin=source,
                             stdout=subprocess.DEVNULL,
-                        )  # fmt: skip
+                        )
                     )
             sub.wait()
             seconds = time.perf_counter() - started
@@ -324,7 +324,7 @@ class Bench:
         self, prefix: str, identifiers: list[str], echo: bool
     ) -> tuple[int, int, float, list[float]]:
         """paho, open loop at --rate for --latency-seconds; each request its own client id."""
-        import paho.mqtt.client as paho  # noqa: PLC0415
+        import paho.mqtt.client as paho
 
         rate = self.args.rate
         tag = self.tag()
@@ -593,7 +593,9 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         lines = [request(f"r{i}", x) for i, x in enumerate(ids)]
                         await measured(
                             target, f"c{clients}", len(lines),
-                            lambda t=target, ln=lines, c=clients: bench.c_run(t.prefix, ln, c, t.echo),
+                            lambda t=target, ln=lines, c=clients: bench.c_run(
+                                t.prefix, ln, c, t.echo
+                            ),
                         )  # fmt: skip
                 for target in targets:
                     ids = target.identifiers(int(args.rate * args.latency_seconds), "L")
@@ -640,8 +642,8 @@ async def settled_counters(
             after = await procs.snapshot(conn)
             key = f"{target.name} {how}"
             counters[key] = cost(before, after, ok, target.owners())
-            print(f"{key} counters over {ok:,} activations: "
-                  + "  ".join(f"{k} {v:.2f}" for k, v in counters[key].items()), flush=True)  # fmt: skip
+            shown = "  ".join(f"{k} {v:.2f}" for k, v in counters[key].items())
+            print(f"{key} counters over {ok:,} activations: {shown}", flush=True)
     return counters
 
 
@@ -667,7 +669,7 @@ def table(report: dict[str, Any]) -> str:
         f"{ARGS.rate:g}/s | ratio | p99 ms | ratio | other load (cores) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    e1, e50 = med("echo", "c1", Run.rate.fget), med("echo", "c50", Run.rate.fget)  # type: ignore[arg-type]
+    e1, e50 = med("echo", "c1", lambda r: r.rate), med("echo", "c50", lambda r: r.rate)
     p50, p99 = (lambda r: r.pct(0.5)), (lambda r: r.pct(0.99))
     l50, l99 = med("echo", "latency", p50), med("echo", "latency", p99)
     for name in names:
@@ -701,8 +703,10 @@ def table(report: dict[str, Any]) -> str:
                 cells.append("-" if math.isnan(v) else f"{v:.0f}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     keys = ["commits", "rows_written", "wal_records", "wal_fpi", "wal_bytes", "wal_fsyncs"]
-    rows.append(f"\nDatabase per activation ({ARGS.cost_requests:,} activations from 50 client "
-                f"ids as fast as they go, and at {ARGS.rate:g}/s; counters settled):\n")  # fmt: skip
+    rows.append(
+        f"\nDatabase per activation ({ARGS.cost_requests:,} activations from 50 client "
+        f"ids as fast as they go, and at {ARGS.rate:g}/s; counters settled):\n"
+    )
     rows.append("| bridge | " + " | ".join(keys) + " | postgres µs | bridge µs |")
     rows.append("|---|" + "---|" * (len(keys) + 2))
     for name, c in report["counters"].items():
@@ -741,13 +745,14 @@ FLUSH_US = flush_us()
 
 def configuration() -> str:
     load = os.getloadavg()
-    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[
-        :1
-    ]
+    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True, check=False)
+    version = mosq.stdout.splitlines()[:1]
     return "\n".join([
         f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
-        f"broker: {' '.join(mosq)}; set_tcp_nodelay true, persistence false, max_queued_messages 100000",
+        f"Python {platform.python_version()}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        f"broker: {' '.join(version)}; set_tcp_nodelay true, persistence false, "
+        "max_queued_messages 100000",
         f"disk: 8 kB write + fdatasync in {tempfile.gettempdir()} (where the databases live): "
         f"median {FLUSH_US:.0f} µs",
         f"bridge: python -m bridge serve, default settings; variants: {ARGS.variant or 'none'}",
@@ -780,6 +785,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--pause", type=float, default=1.0, help="seconds of quiet before each run")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--json", type=Path, default=REPO / "bench" / "stock.json")
+    p.add_argument("--plot", type=Path, help="also draw the figures as a PNG (matplotlib)")
+    p.add_argument("--replot", type=Path, help="only draw --plot from this saved --json")
     return p.parse_args()
 
 
@@ -794,9 +801,52 @@ async def main() -> None:
     ]
     for run in runs:
         del run["latencies_ms"]
-    ARGS.json.write_text(
-        json.dumps({"configuration": configuration(), **report, "runs": runs}, indent=1)
-    )
+    saved = {"configuration": configuration(), **report, "runs": runs}
+    ARGS.json.write_text(json.dumps(saved, indent=1))
+    if ARGS.plot:
+        plot(saved, ARGS.plot)
+
+
+def plot(saved: dict[str, Any], path: Path) -> None:
+    """Throughput ratios, latency and CPU per activation of a saved run (--json), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = saved["runs"]
+    names = list(dict.fromkeys(r["target"] for r in runs))
+
+    def med(name: str, kind: str, key: str) -> float:
+        return median([r[key] for r in runs if r["target"] == name and r["kind"] == kind])
+
+    def cpu(name: str, kind: str, label: str) -> float:
+        values = [r["per_activation"].get(f"{label}_us", 0.0) for r in runs
+                  if r["target"] == name and r["kind"] == kind]  # fmt: skip
+        return median(values)
+
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    x = range(len(names))
+    for offset, kind in ((-0.2, "c1"), (0.2, "c50")):
+        ax1.bar([i + offset for i in x], [med(n, kind, "rate") for n in names], 0.4,
+                label=f"{kind[1:]} client id(s)")  # fmt: skip
+    ax1.set_title("activations/s (mosquitto_pub, QoS 1)")
+    for offset, key in ((-0.2, "p50"), (0.2, "p99")):
+        ax2.bar([i + offset for i in x], [med(n, "latency", key) for n in names], 0.4, label=key)
+    ax2.set_title("time to reply at 300/s, ms")
+    ax2.set_yscale("log")
+    bottom = [0.0] * len(names)
+    for label in ("own", "postgres", "mosquitto"):
+        heights = [cpu(n, "c50", label) for n in names]
+        ax3.bar(list(x), heights, 0.6, bottom=bottom, label=label)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax3.set_title("CPU µs per activation (50 client ids)")
+    for ax in (ax1, ax2, ax3):
+        ax.set_xticks(list(x), names, rotation=15, fontsize=8)
+        ax.legend(fontsize=8)
+    fig.suptitle("bench/stock.py: the bridge and the echo ceiling, side by side in one run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def _stop_on_sigterm() -> None:
@@ -810,6 +860,9 @@ def _stop_on_sigterm() -> None:
 if __name__ == "__main__":
     ARGS = parse()
     _stop_on_sigterm()
+    if ARGS.replot:
+        plot(json.loads(ARGS.replot.read_text()), ARGS.plot or REPO / "docs" / "performance.png")
+        raise SystemExit(0)
     if shutil.which("mosquitto_pub") is None:
         raise SystemExit(
             "mosquitto_pub / mosquitto_sub are needed: apt-get install mosquitto-clients"

@@ -70,7 +70,9 @@ async def plan(dsn: str) -> str:
     return " / ".join(r[0].strip() for r in rows[:3]) + f"  [reltuples: {stats}]"
 
 
-async def measure(args: argparse.Namespace, label: str, dsn: str, model_id: int, size: int, pg_pid: int) -> None:
+async def measure(
+    args: argparse.Namespace, label: str, dsn: str, model_id: int, size: int, pg_pid: int
+) -> None:
     ids = stock.Identifiers(size)
     kids = stock._children()
     before = stock.tree_cpu(pg_pid, kids)
@@ -81,9 +83,10 @@ async def measure(args: argparse.Namespace, label: str, dsn: str, model_id: int,
     )  # fmt: skip
     wall = time.perf_counter() - t0
     used = stock.tree_cpu(pg_pid, stock._children()) - before
+    per = 1e6 * used / max(result.completed, 1)
     print(
-        f"{label:<34} {result.throughput:7.0f}/s  postgres {1e6 * used / max(result.completed, 1):5.0f} µs"
-        f"/activation  ({result.completed:,} in {wall:.1f} s)\n    plan: {await plan(dsn)}",
+        f"{label:<34} {result.throughput:7.0f}/s  postgres {per:5.0f} µs/activation"
+        f"  ({result.completed:,} in {wall:.1f} s)\n    plan: {await plan(dsn)}",
         flush=True,
     )
 
