@@ -431,7 +431,7 @@ def database(kind: str) -> Iterator[tuple[str, int, str]]:
 
 
 async def load(admin_url: str, size: int) -> str:
-    name = f"stock_{size}_{os.getpid()}"
+    name = f"stock_{size}_{os.getpid()}_{os.urandom(3).hex()}"
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
