@@ -15,7 +15,8 @@ status within ``YOUNG_SECONDS`` of its start (a bad setting, a stolen session) e
 them all, with its status: restarting it would only repeat the failure.
 
 SIGTERM/SIGINT are passed on to every worker, which drains as ``serve`` does; a
-worker whose supervisor is gone stops by itself.
+worker whose supervisor is gone stops by itself. Worker ``i`` serves its metrics (when
+``BRIDGE_METRICS_ADDR`` is set) on the configured port + ``i``.
 """
 
 from __future__ import annotations
@@ -49,13 +50,19 @@ STOP_SECONDS = 20.0
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
-    """Worker ``index``'s settings: its own client id, the common share group."""
-    return settings.model_copy(
-        update={
-            "client_id": f"{settings.mqtt_client_id[:120]}-w{index}",
-            "share_group": settings.share_group or DEFAULT_GROUP,
-        }
-    )
+    """Worker ``index``'s settings: its own client id, the common share group.
+
+    With ``BRIDGE_METRICS_ADDR`` (host:port), worker ``index`` listens on port + index:
+    one port cannot be bound by every worker.
+    """
+    update: dict[str, object] = {
+        "client_id": f"{settings.mqtt_client_id[:120]}-w{index}",
+        "share_group": settings.share_group or DEFAULT_GROUP,
+    }
+    if settings.metrics_addr:
+        host, _, port = settings.metrics_addr.rpartition(":")
+        update["metrics_addr"] = f"{host}:{int(port) + index}"
+    return settings.model_copy(update=update)
 
 
 async def supervise(settings: Settings, workers: int, *, api: bool = False) -> None:

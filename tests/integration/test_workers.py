@@ -26,7 +26,7 @@ from bridge.admin import Admin
 from bridge.config import Settings, parse_mqtt_url
 from bridge.errors import ConfigError
 from bridge.keys import KeyHasher
-from bridge.workers import supervise
+from bridge.workers import supervise, worker_settings
 from tests.conftest import TEST_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,6 +159,15 @@ async def test_workers_share_the_requests_and_a_killed_worker_loses_none(
     assert len(answered) == DEVICES
     for cid, reply in answered.items():
         assert hasher.verify(reply["key"], rows[_mac(int(cid.rsplit("-", 1)[1]))])
+
+
+def test_each_worker_has_its_own_client_id_and_metrics_port(settings: Settings) -> None:
+    given = settings.model_copy(update={"metrics_addr": "127.0.0.1:9108", "share_group": None})
+    first, second = worker_settings(given, 0), worker_settings(given, 1)
+    assert first.mqtt_client_id == f"{settings.mqtt_client_id}-w0"
+    assert second.mqtt_client_id == f"{settings.mqtt_client_id}-w1"
+    assert (first.metrics_addr, second.metrics_addr) == ("127.0.0.1:9108", "127.0.0.1:9109")
+    assert first.share_group == second.share_group == "workers"
 
 
 async def test_workers_need_a_configured_database_and_broker(settings: Settings) -> None:
