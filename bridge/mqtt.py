@@ -114,11 +114,40 @@ def client(
     if manual_ack:
         # aiomqtt has no switch for this; paho's public manual_ack_set is reached
         # through aiomqtt's underlying client.
-        mqtt_client._client.manual_ack_set(True)
+        _paho(mqtt_client).manual_ack_set(True)
     if watch is not None:
         _watched[mqtt_client] = watch
     _register_writes_safely(mqtt_client)
     return mqtt_client
+
+
+# -- aiomqtt's internals, reached only here -----------------------------------------
+# aiomqtt 2.x exposes neither paho's client underneath (manual acknowledgements, the
+# socket and its write registration) nor the future its reader completes when the
+# connection ends; these accessors are the only places the bridge reaches them.
+
+
+def _paho(mqtt_client: aiomqtt.Client) -> Any:
+    """paho's client under aiomqtt's (aiomqtt has no public accessor)."""
+    return mqtt_client._client  # noqa: SLF001 (see above)
+
+
+def _disconnected(mqtt_client: aiomqtt.Client) -> asyncio.Future[Any]:
+    """The future aiomqtt completes when the connection ends (no public one)."""
+    future: asyncio.Future[Any] = mqtt_client._disconnected  # noqa: SLF001 (see above)
+    return future
+
+
+def _loop(mqtt_client: aiomqtt.Client) -> asyncio.AbstractEventLoop:
+    """The loop aiomqtt registered the socket with (no public accessor)."""
+    loop: asyncio.AbstractEventLoop = mqtt_client._loop  # noqa: SLF001 (see above)
+    return loop
+
+
+def _close_socket(mqtt_client: aiomqtt.Client) -> None:
+    """paho's own socket close: unregisters it from the loop, then closes it (no public
+    call does both without a DISCONNECT packet, which a broken socket cannot send)."""
+    _paho(mqtt_client)._sock_close()  # noqa: SLF001 (see above)
 
 
 def _register_writes_safely(mqtt_client: aiomqtt.Client) -> None:
@@ -132,14 +161,14 @@ def _register_writes_safely(mqtt_client: aiomqtt.Client) -> None:
     publishes wait for ever, and so does SIGTERM. Checked when it runs: only the
     client's current socket is registered.
     """
-    loop = mqtt_client._loop
+    loop = _loop(mqtt_client)
 
     def register_write(paho: Any, _userdata: Any, sock: Any) -> None:
         def writable() -> None:
             try:
                 paho.loop_write()
             except Exception as exc:  # as aiomqtt does: a broken connection
-                closed = mqtt_client._disconnected
+                closed = _disconnected(mqtt_client)
                 if not closed.done():
                     closed.set_exception(exc)
 
@@ -152,7 +181,7 @@ def _register_writes_safely(mqtt_client: aiomqtt.Client) -> None:
 
         loop.call_soon_threadsafe(register)
 
-    mqtt_client._client.on_socket_register_write = register_write
+    _paho(mqtt_client).on_socket_register_write = register_write
 
 
 def _declare_broken(mqtt_client: aiomqtt.Client, exc: BaseException) -> None:
@@ -162,11 +191,11 @@ def _declare_broken(mqtt_client: aiomqtt.Client, exc: BaseException) -> None:
     handle: left behind, it would make the socket that reuses the number deaf too) and
     closes it; aiomqtt then sees the disconnection like any other.
     """
-    closed = mqtt_client._disconnected
+    closed = _disconnected(mqtt_client)
     if not closed.done():
         closed.set_exception(aiomqtt.MqttError(f"the connection broke: {exc}"))
     with contextlib.suppress(Exception):  # whatever state paho is in, the socket must go
-        mqtt_client._client._sock_close()
+        _close_socket(mqtt_client)
 
 
 #: How often :func:`watch` looks for a socket error nobody read.
@@ -188,8 +217,8 @@ async def watch(mqtt_client: aiomqtt.Client, every: float = SOCKET_CHECK_SECONDS
     second. Under plain asyncio the reader sees it first.
     """
     while True:
-        closed = mqtt_client._disconnected
-        sock = mqtt_client._client.socket()
+        closed = _disconnected(mqtt_client)
+        sock = _paho(mqtt_client).socket()
         if not closed.done() and isinstance(sock, socket.socket):
             try:
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -285,7 +314,7 @@ async def subscribe_requests(
     else:  # paho takes the QoS from the options then, and refuses both
         subscribing = mqtt_client.subscribe(topic, options=options, timeout=math.inf)
     task = asyncio.ensure_future(subscribing)
-    closed = mqtt_client._disconnected
+    closed = _disconnected(mqtt_client)
     try:
         # aiomqtt's wait for the SUBACK does not end when the connection does.
         either: set[asyncio.Future[Any]] = {task, closed}
@@ -315,7 +344,7 @@ def how_lost(mqtt_client: aiomqtt.Client) -> str:
     may shut down. "failed": anything else
     (reset, timeout, another reason code).
     """
-    closed = mqtt_client._disconnected
+    closed = _disconnected(mqtt_client)
     if not closed.done() or closed.cancelled():
         return "failed"
     exc = closed.exception()
@@ -333,7 +362,7 @@ def how_lost(mqtt_client: aiomqtt.Client) -> str:
 def acknowledge(mqtt_client: aiomqtt.Client, message: aiomqtt.Message) -> None:
     """Send the PUBACK of a message received with ``manual_ack``."""
     if message.qos > 0:
-        mqtt_client._client.ack(message.mid, message.qos)
+        _paho(mqtt_client).ack(message.mid, message.qos)
 
 
 @dataclass(frozen=True)
@@ -412,7 +441,7 @@ async def _enter(stack: contextlib.AsyncExitStack, mqtt_client: aiomqtt.Client) 
             raise
         if entering.done():
             return entering.result()
-        state = getattr(mqtt_client._client, "_state", None)
+        state = getattr(_paho(mqtt_client), "_state", None)
         if getattr(state, "name", "") == "MQTT_CS_CONNECTION_LOST":
             entering.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):

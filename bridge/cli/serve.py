@@ -53,6 +53,13 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("--api-host", metavar="HOST", help="API address (env BRIDGE_API_HOST)")
     p.add_argument("--api-port", type=int, metavar="PORT", help="API port (env BRIDGE_API_PORT)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N bridge processes in one share group, each its own client id (default 1)",
+    )
 
     p = commands.add(
         "check",
@@ -97,6 +104,11 @@ async def _serve(args: argparse.Namespace) -> int:
     from bridge.runtime import serve  # noqa: PLC0415 (keeps aiomqtt out of admin commands)
 
     logs.configure()
+    if args.workers != 1:
+        from bridge.workers import supervise  # noqa: PLC0415 (as above)
+
+        await supervise(settings(args), args.workers, api=args.api)
+        return 0
     await serve(settings(args), api=args.api)
     return 0
 
