@@ -154,8 +154,8 @@ class DynSec:
                 if self._namespace is not None:
                     self._namespace.learn_one(client_id)
                 raise self._untouched(client_id)
-            # The plugin rewrites its whole file after every change (about 20 ms per 1,000
-            # logins): no enableClient for a login that is enabled already.
+            # The plugin rewrites its whole file after every change (its cost grows with
+            # the logins: docs/performance.md): no enableClient for a login already enabled.
             commands = [{"command": "setClientPassword", "username": client_id, "password": key}]
             if existing.get("disabled"):
                 commands.append({"command": "enableClient", "username": client_id})

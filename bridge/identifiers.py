@@ -54,15 +54,14 @@ MAX_SUGGESTED_SUBSTITUTIONS: Final = 2
 MAX_PATTERN_LENGTH: Final = 256
 
 #: RE2's compiled size of a pattern, in instructions, at most. Matching costs
-#: at most (identifier length x program size) steps, and compiling (once per
-#: pattern and process, in the event loop) about 0.3 microseconds a step, so
-#: this bounds both (measured: under 0.2 ms to match 64 characters, under 1 ms
-#: to compile). ``\p{L}`` alone is 1,201 steps; ``SN-[0-9]{8}`` is 16.
+#: at most (identifier length x program size) steps, and compiling happens once per
+#: pattern and process, in the event loop, so this bounds both (the measured times
+#: are in docs/performance.md). ``\p{L}`` alone is 1,201 steps; ``SN-[0-9]{8}`` is 16.
 MAX_PATTERN_PROGRAM: Final = 2_000
 
 # RE2's memory budget per pattern (program and DFA cache). The DFA cache is
-# thrown away and rebuilt when full; with RE2's default (8 MiB) one rebuild
-# took 1.5 ms, with 256 KiB under 0.2 ms (bench: tests/unit/test_patterns.py).
+# thrown away and rebuilt when full, and a smaller cache rebuilds faster than
+# RE2's default of 8 MiB (docs/performance.md).
 _PATTERN_MEMORY: Final = 256 * 1024
 
 log = logging.getLogger("bridge.identifiers")

@@ -80,9 +80,8 @@ def client(
                 properties.ReceiveMaximum = max_inflight
                 # The broker drops what is larger instead of sending it (MQTT 5 Maximum
                 # Packet Size): paho decodes a request's properties before anyone can look
-                # at them, at about 9 µs per user property, so one packet of megabytes of
-                # tiny properties would hold the event loop for minutes, and again on each
-                # redelivery.
+                # at them, one by one, so one packet of megabytes of tiny properties would
+                # hold the event loop for minutes, and again on each redelivery.
                 properties.MaximumPacketSize = REQUEST_PACKET_LIMIT
         session = {
             "protocol": aiomqtt.ProtocolVersion.V5,

@@ -64,10 +64,9 @@ def statement_arguments(activation: Activation, tally: AuditTally) -> tuple[Any,
 
 _BATCH_MAX = 32
 _DEADLOCK_RETRIES = 3
-# Activation statements in flight at once. Few senders mean fuller batches: on the 2-core
-# bench machine, 2 senders against 10 cut CPU per activation from 0.44 to 0.36 ms in
-# PostgreSQL and from 0.55 to 0.37 ms in the bridge, at the same p99 under light load
-# (docs/performance.md).
+# Activation statements in flight at once. Few senders mean fuller batches, which cost
+# less CPU per activation in PostgreSQL and in the bridge at the same p99 under light
+# load (measured: docs/performance.md, "Earlier changes", the senders rows).
 # A batch needs one round trip whatever its size, so this does not cap throughput on
 # a larger database server either.
 _ACTIVATION_SENDERS = 2
