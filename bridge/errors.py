@@ -52,10 +52,12 @@ class RequestError(BridgeError):
     """A request was refused; the requester gets ``code`` and ``message``.
 
     ``suggestion`` is set when the message asks "did you mean ...?", so that a
-    portal can offer the suggested identifier as a link.
+    portal can offer the suggested identifier as a link. ``support_contact`` is the
+    vendor's support contact for the model, where a refused claim has one to offer.
     """
 
     suggestion: str | None = None
+    support_contact: str | None = None
 
 
 class Malformed(RequestError):

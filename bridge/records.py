@@ -30,6 +30,8 @@ class ModelRow:
     #: (generation, encrypted key) of the enrollment keys in use, newest first. Only
     #: ciphertext, and still kept out of reprs: it has no business in a log line.
     enrollment_keys: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
+    #: whom an owner asks when a device will not add (``bridge model contact``)
+    support_contact: str | None = None
 
 
 @dataclass(frozen=True)

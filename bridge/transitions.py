@@ -40,6 +40,7 @@ from bridge.errors import (
     NotApproved,
     NotClaimed,
     NotOwner,
+    RequestError,
     UnknownModel,
 )
 from bridge.records import LifecycleOutcome, ModelRow
@@ -281,6 +282,16 @@ class Lifecycle:
             raise Malformed("The owner name must be 1 to 128 characters.")
         who, why = self._asker(actor, reason)
         row = await model_row(self._store, vendor, model)
+        try:
+            return await self._claim(row, number, owner=owner, actor=who, reason=why)
+        except RequestError as exc:
+            # Whom the owner asks next: the vendor's support contact, set per model.
+            exc.support_contact = row.support_contact
+            raise
+
+    async def _claim(
+        self, row: ModelRow, number: str, *, owner: str, actor: str, reason: str | None
+    ) -> ClaimResult:
         what = identifiers.kind_name(row.kind)
         try:
             canonical = identifiers.normalize(row.kind, number, row.pattern)
@@ -293,7 +304,7 @@ class Lifecycle:
                 hinted.suggestion = suggestion
                 raise hinted from exc
             raise
-        outcome = await self._store.claim(row, canonical, owner=owner, actor=who, reason=why)
+        outcome = await self._store.claim(row, canonical, owner=owner, actor=actor, reason=reason)
         shown = identifiers.display(row.kind, canonical)
         if outcome.status == Code.NOT_APPROVED:
             suggestion = await self._suggest(row, number)

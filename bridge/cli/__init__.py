@@ -20,7 +20,7 @@ from typing import Any
 
 from bridge import __version__
 from bridge.cli.options import Commands, Handler, Parser, parse_duration, parse_since
-from bridge.errors import BridgeError, Malformed
+from bridge.errors import BridgeError, Malformed, RequestError
 
 #: The command groups: modules of this package, in the order of ``bridge --help``.
 #: A new group is its module (with ``register(commands)``) and one line here.
@@ -72,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(run(args))
     except BridgeError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        if isinstance(exc, RequestError) and exc.support_contact:
+            print(f"support: {exc.support_contact}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -11,7 +11,7 @@ from bridge.records import AuditEntry, EnrollmentKeyInfo, ModelRow
 # A model with the enrollment keys in use (newest first): what activation needs.
 _GET_MODEL = """
 SELECT m.id, m.vendor, m.model, m.kind, m.pattern, m.window_seconds, m.claim_required,
-       m.plaintext_keys, m.proof_required,
+       m.plaintext_keys, m.proof_required, m.support_contact,
        ARRAY(SELECT e.generation FROM enrollment_keys e
               WHERE e.model_id = m.id AND e.retired_at IS NULL
               ORDER BY e.generation DESC) AS generations,

@@ -84,6 +84,9 @@ class ErrorBody(_Body):
         default=None, description='the identifier a "did you mean ...?" refers to'
     )
     retry_after: int | None = Field(default=None, description="seconds, with 429 and 503")
+    support_contact: str | None = Field(
+        default=None, description="a refused claim: the vendor's support contact for the model"
+    )
 
 
 class Me(_Body):

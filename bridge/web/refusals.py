@@ -50,6 +50,8 @@ def error_body(exc: BridgeError) -> dict[str, Any]:
     body: dict[str, Any] = {"code": exc.code, "message": exc.message}
     if isinstance(exc, RequestError) and exc.suggestion:
         body["suggestion"] = exc.suggestion
+    if isinstance(exc, RequestError) and exc.support_contact:
+        body["support_contact"] = exc.support_contact
     if isinstance(exc, RateLimited | Unavailable):
         body["retry_after"] = exc.retry_after
     return body

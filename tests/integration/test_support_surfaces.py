@@ -186,3 +186,34 @@ async def test_attack_vendor_diagnoses_only_its_own_models(
     )
     assert bad.status_code == 422
     assert (await admin.show("acme", "thermo-1", MAC)).owner == "bob"
+
+
+async def test_a_refused_claim_carries_the_models_support_contact(
+    admin: Admin, api: httpx.AsyncClient, settings: Settings, held_by_bob: None
+) -> None:
+    # Before a contact is set, a refusal names none.
+    alice = await _bearer(admin, "owner", "alice")
+    claim = {"vendor": "acme", "model": "thermo-1", "identifier": MAC}
+    answer = await api.post("/v1/claims", json=claim, headers=alice)
+    assert answer.status_code == 409
+    assert "support_contact" not in answer.json()
+
+    env = _env(settings)
+    run = await bridge_cli(env, "model", "contact", "acme", "thermo-1", "support@acme.example")
+    assert run.returncode == 0, run.stderr
+
+    # HTTP: claimed by another account, and a number not approved.
+    answer = await api.post("/v1/claims", json=claim, headers=alice)
+    assert (answer.status_code, answer.json()["code"]) == (409, "claimed_by_other")
+    assert answer.json()["support_contact"] == "support@acme.example"
+    unknown = {**claim, "identifier": "00:1A:2B:3C:4D:99"}
+    answer = await api.post("/v1/claims", json=unknown, headers=alice)
+    assert answer.json()["code"] == "not_approved"
+    assert answer.json()["support_contact"] == "support@acme.example"
+
+    # The command line: the refusal sentence, then whom to ask.
+    run = await bridge_cli(env, "claim", "acme", "thermo-1", MAC, "--owner", "alice")
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert lines[0].startswith("error: claimed_by_other: ")
+    assert lines[1] == "support: support@acme.example"
