@@ -117,6 +117,7 @@ def client(
     if watch is not None:
         _watched[mqtt_client] = watch
     _register_writes_safely(mqtt_client)
+    _share_property_tables(mqtt_client)
     return mqtt_client
 
 
@@ -181,6 +182,36 @@ def _register_writes_safely(mqtt_client: aiomqtt.Client) -> None:
         loop.call_soon_threadsafe(register)
 
     _paho(mqtt_client).on_socket_register_write = register_write
+
+
+#: paho's constant tables of MQTT 5 properties, one copy for every received message.
+_PROPERTY_TABLES = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+
+
+def _share_property_tables(mqtt_client: aiomqtt.Client) -> None:
+    """Make each received message's Properties share paho's tables instead of its own.
+
+    paho gives every Properties object its own copy of three constant tables (names,
+    types, which property goes in which packet), many times the size of a request, and
+    aiomqtt keeps each message in its unbounded incoming queue until the service reads
+    it. Mosquitto 2.0.11 keeps to the Receive Maximum only until the first PUBACK and
+    then sends its whole queue for the session, so a burst of requests sat there at
+    that size (docs/performance.md, "Memory"). paho only reads the tables (to pack,
+    unpack and print), so one shared copy serves all; the parsed values stay on each
+    object.
+    """
+    paho = _paho(mqtt_client)
+    deliver = paho.on_message  # aiomqtt's: wraps the message and queues it
+
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        props = getattr(message, "properties", None)
+        if isinstance(props, Properties):
+            props.types = _PROPERTY_TABLES.types
+            props.names = _PROPERTY_TABLES.names
+            props.properties = _PROPERTY_TABLES.properties
+        deliver(client, userdata, message)
+
+    paho.on_message = on_message
 
 
 def _declare_broken(mqtt_client: aiomqtt.Client, exc: BaseException) -> None:
