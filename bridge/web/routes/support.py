@@ -17,7 +17,7 @@ the same codes and sentences; the app's error handlers turn them into JSON.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -129,10 +129,38 @@ OwnerName = Annotated[
 ]
 
 
-class ResolveRequest(_Body):
-    action: Action
+class ReleaseRequest(_Body):
+    """Release whoever holds it; the previous owner sees the reason in their history."""
+
+    action: Literal[Action.RELEASE]
+    reason: Reason
+
+
+class TransferRequest(_Body):
+    """Move the claim to ``to`` (the person asking)."""
+
+    action: Literal[Action.TRANSFER]
+    reason: Reason
+    to: OwnerName = Field(description="the new owner")
+
+
+class ApproveRequest(_Body):
+    action: Literal[Action.APPROVE]
     reason: Reason | None = None
-    to: OwnerName | None = Field(default=None, description="transfer: the new owner")
+
+
+class ReenableRequest(_Body):
+    """Open a new activation window."""
+
+    action: Literal[Action.REENABLE]
+    reason: Reason | None = None
+
+
+#: What the document says of a resolve: which action needs which fields.
+ResolveRequest = Annotated[
+    ReleaseRequest | TransferRequest | ApproveRequest | ReenableRequest,
+    Field(discriminator="action"),
+]
 
 
 class ResolveAnswer(_Body):
@@ -302,10 +330,14 @@ async def resolve(
     desk.staff("resolve a diagnosis")
     await desk.own_model(vendor, model)
     message = await desk.desk.resolve(
-        vendor, model, identifier, body.action, reason=body.reason, to=body.to
+        vendor, model, identifier, body.action, reason=body.reason, to=_to(body)
     )
-    after = await desk.desk.diagnose(vendor, model, identifier, asking=body.to)
+    after = await desk.desk.diagnose(vendor, model, identifier, asking=_to(body))
     return ResolveAnswer(message=message, diagnosis=diagnosis_body(after))
+
+
+def _to(body: ReleaseRequest | TransferRequest | ApproveRequest | ReenableRequest) -> str | None:
+    return body.to if isinstance(body, TransferRequest) else None
 
 
 @router.get(
