@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from bridge import diagnosis, identifiers, text
+from bridge.codes import Code
 from bridge.db import diagnosis as queries
 from bridge.diagnosis import Action, Device, Diagnosis, Event, Facts, Stray
 from bridge.errors import InvalidIdentifier, Malformed, NotClaimed, NotFound
@@ -59,6 +60,10 @@ def _transferred_from(event: Event, owner: str) -> bool:
     )
 
 
+#: Activation codes that say the attempt's number is on no approval list of the model.
+_NOT_LISTED: Final = frozenset({Code.NOT_APPROVED, Code.INVALID_IDENTIFIER, Code.MALFORMED})
+
+
 def _by(actor: str | None, owner: str) -> str:
     # The actor as an owner may see it: never another account's name or token id.
     if actor is None:
@@ -96,10 +101,30 @@ class SupportDesk:
         anything else is NotFound, worded as for a device that does not exist.
         """
         row = await self._admin.model(vendor, model)
+        if owner is not None:
+            # Before any other read: a number that was never the owner's costs them
+            # the same (and takes the same time) whether it is claimed, free or unknown.
+            await self._ever_theirs(row, number, owner)
         facts = await self._facts(row, number, asking=asking, now=now or datetime.now(UTC))
         if owner is None:
             return diagnosis.verdict(facts)
         return await self._for_owner(row, facts, owner)
+
+    async def _ever_theirs(self, row: ModelRow, number: str, owner: str) -> None:
+        """NotFound, worded as for a device that does not exist, unless ``owner`` holds
+        or held the number."""
+        try:
+            canonical: str | None = identifiers.normalize(row.kind, number, row.pattern)
+        except InvalidIdentifier:
+            canonical = None
+        if canonical is None or not await queries.ever_claimed_by(
+            self._store, row, canonical, owner
+        ):
+            what = identifiers.kind_name(row.kind)
+            shown = identifiers.display(row.kind, canonical) if canonical else number
+            raise NotFound(
+                f"There is no {what} {shown} of {row.vendor}/{row.model} in your account."
+            )
 
     async def _facts(
         self, row: ModelRow, number: str, *, asking: str | None, now: datetime
@@ -184,13 +209,10 @@ class SupportDesk:
         shown = (
             identifiers.display(row.kind, facts.canonical) if facts.canonical else number_of(facts)
         )
-        if facts.canonical is None or not await queries.ever_claimed_by(
-            self._store, row, facts.canonical, owner
-        ):
+        if facts.device is None:  # unapproved since _ever_theirs looked
             raise NotFound(
                 f"There is no {what} {shown} of {row.vendor}/{row.model} in your account."
             )
-        assert facts.device is not None  # a claim was found, so is the device
         mine = [
             dataclasses.replace(
                 e,
@@ -230,8 +252,12 @@ class SupportDesk:
             facts,
             asking=None,
             events=mine,
+            # Only attempts whose number is on nobody's list: the code of an attempt with
+            # an approved number says whether that number is claimed, by someone else.
             strays=[
-                Stray(dataclasses.replace(s.event, client_id=None), s.how) for s in facts.strays
+                Stray(dataclasses.replace(s.event, client_id=None, owner=None), s.how)
+                for s in facts.strays
+                if s.event.identifier is None or s.event.code in _NOT_LISTED
             ],
             neighbours=(),
             other_models=(),

@@ -1,0 +1,80 @@
+"""Attacks on the support desk (issue 18) by an owner, against a real PostgreSQL,
+broker and bridge: what an owner's diagnosis must not tell about other accounts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from bridge.admin import Admin
+from bridge.config import Settings
+from bridge.db import diagnosis as queries
+from bridge.tokens import create_token
+from bridge.web.app import create_app
+from tests.helpers import RunningBridge, activate
+
+MAC_A = "02:00:00:00:07:0A"  # alice's
+MAC_B = "02:00:00:00:07:0B"  # bob's: one character away from alice's
+
+
+@pytest.fixture
+async def api(admin: Admin, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(admin.store, settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as client:
+        yield client
+
+
+async def _bearer(admin: Admin, role: str, subject: str | None = None) -> dict[str, str]:
+    issued = await create_token(admin.store, role, subject, actor="test")
+    return {"Authorization": f"Bearer {issued.token}"}
+
+
+async def test_attack_owner_learns_a_neighbours_claim_from_attempts_elsewhere(
+    admin: Admin, settings: Settings, bridge: RunningBridge, api: httpx.AsyncClient
+) -> None:
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    await admin.approve("acme", "thermo-1", [MAC_A, MAC_B])
+    await admin.claim("acme", "thermo-1", MAC_A, owner="alice")
+    await admin.claim("acme", "thermo-1", MAC_B, owner="bob")
+    # Bob's device activates, inside alice's window: its number is one slip from hers.
+    done = await activate(settings, MAC_B, client_id="bobs-thermo")
+    assert done.ok, done.reply
+
+    alice = await _bearer(admin, "owner", "alice")
+    answer = await api.get(f"/v1/diagnose/acme/thermo-1/{MAC_A}", headers=alice)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    # Nothing says that 02:00:00:00:07:0B is approved, claimed or activated: that is
+    # bob's device, not an attempt of alice's.
+    assert "07:0B" not in answer.text.upper().replace("-", ":"), body["attempts_elsewhere"]
+    assert "0B" not in {a["presented"][-2:].upper() for a in body["attempts_elsewhere"]}
+    assert all(a["code"] != "ok" for a in body["attempts_elsewhere"])
+
+
+async def test_attack_owner_diagnosis_of_a_foreign_number_searches_nothing(
+    admin: Admin, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    for i in range(3):
+        await admin.add_model("acme", f"other-{i}", kind="mac")
+    await admin.approve("acme", "thermo-1", [MAC_B])
+    await admin.claim("acme", "thermo-1", MAC_B, owner="bob")
+    searched: list[str] = []
+    for name in ("approved_among", "around", "vendor_models", "window_attempts", "timeline"):
+        real = getattr(queries, name)
+
+        async def spy(*args: object, _real: object = real, _name: str = name) -> object:
+            searched.append(_name)
+            return await _real(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(queries, name, spy)
+    alice = await _bearer(admin, "owner", "alice")
+    for number in (MAC_B, MAC_A, "not-a-mac"):
+        answer = await api.get(f"/v1/diagnose/acme/thermo-1/{number}", headers=alice)
+        assert answer.status_code in (404, 422), answer.text
+    # An owner's question about a number that was never theirs is answered before
+    # the neighbour search, the range scans and the vendor's other models are read:
+    # the same cost (and time) whether the number is claimed, free or unknown.
+    assert searched == []
