@@ -248,9 +248,15 @@ class SupportDesk:
                 timeline=mine,
                 support_contact=facts.support_contact,
             )
+        device = facts.device
+        if device.activated_at is None:
+            # Release and transfer clear activated_at, not the client id: until the
+            # device activates in this claim, the id is a previous owner's device's.
+            device = dataclasses.replace(device, client_id=None)
         private = dataclasses.replace(
             facts,
             asking=None,
+            device=device,
             events=mine,
             # Only attempts whose number is on nobody's list: the code of an attempt with
             # an approved number says whether that number is claimed, by someone else.

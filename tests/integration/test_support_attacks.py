@@ -78,3 +78,21 @@ async def test_attack_owner_diagnosis_of_a_foreign_number_searches_nothing(
     # the neighbour search, the range scans and the vendor's other models are read:
     # the same cost (and time) whether the number is claimed, free or unknown.
     assert searched == []
+
+
+async def test_attack_new_owner_learns_the_previous_owners_client_id(
+    admin: Admin, settings: Settings, bridge: RunningBridge, api: httpx.AsyncClient
+) -> None:
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    await admin.approve("acme", "thermo-1", [MAC_A])
+    await admin.claim("acme", "thermo-1", MAC_A, owner="bob")
+    done = await activate(settings, MAC_A, client_id="bobs-flat-3b-kitchen")
+    assert done.ok, done.reply
+    await admin.resolve("acme", "thermo-1", MAC_A, "transfer", to="carol", reason="resale")
+
+    carol = await _bearer(admin, "owner", "carol")
+    answer = await api.get(f"/v1/diagnose/acme/thermo-1/{MAC_A}", headers=carol)
+    assert answer.status_code == 200, answer.text
+    # The client id is bob's device's name, from his activation: not carol's to read.
+    assert "bobs-flat-3b-kitchen" not in answer.text
+    assert answer.json()["device"]["client_id"] is None
