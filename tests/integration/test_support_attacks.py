@@ -96,3 +96,26 @@ async def test_attack_new_owner_learns_the_previous_owners_client_id(
     # The client id is bob's device's name, from his activation: not carol's to read.
     assert "bobs-flat-3b-kitchen" not in answer.text
     assert answer.json()["device"]["client_id"] is None
+
+
+async def test_attack_vendor_reads_another_vendors_model_through_its_contact(
+    admin: Admin, api: httpx.AsyncClient
+) -> None:
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    path = "/v1/models/acme/thermo-1/support-contact"
+    vendor = await _bearer(admin, "vendor", "acme")
+    assert (
+        await api.put(path, json={"support_contact": "help@acme.example"}, headers=vendor)
+    ).status_code == 200
+    other = await _bearer(admin, "vendor", "other")
+    registered = await api.get(path, headers=other)
+    unknown = await api.get("/v1/models/acme/nothing-1/support-contact", headers=other)
+    # Another vendor's model is answered like an unregistered one, as everywhere.
+    assert registered.status_code == unknown.status_code == 404, registered.text
+    assert registered.json()["code"] == "unknown_model"
+    assert "help@acme" not in registered.text
+    # Owners read it (it is shown beside their refused claims), and the vendor itself.
+    owner = await _bearer(admin, "owner", "alice")
+    for token in (owner, vendor, await _bearer(admin, "admin")):
+        shown = await api.get(path, headers=token)
+        assert shown.json()["support_contact"] == "help@acme.example", shown.text
