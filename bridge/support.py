@@ -331,7 +331,11 @@ class SupportDesk:
             )
         if to is None:
             raise Malformed("A transfer needs the account to transfer the device to.")
-        target = to  # checked by the transfer itself
+        # A vendor's support names accounts here (before, only an administrator did): a
+        # name with a right-to-left override or a zero-width space would display as
+        # another account's in the audit log and on the support page.
+        text.check_text("new owner's name", to, text.PERSON_MAX, spaces=True)
+        target = to
         await admin.transfer(vendor, model, number, to=target, actor=actor, reason=why)
         return (
             f"The {what} {shown} ({vendor}/{model}) now belongs to {target} (it was {holder}'s); "

@@ -119,3 +119,23 @@ async def test_attack_vendor_reads_another_vendors_model_through_its_contact(
     for token in (owner, vendor, await _bearer(admin, "admin")):
         shown = await api.get(path, headers=token)
         assert shown.json()["support_contact"] == "help@acme.example", shown.text
+
+
+async def test_attack_vendor_transfers_to_a_name_that_displays_as_another(
+    admin: Admin, api: httpx.AsyncClient
+) -> None:
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    await admin.approve("acme", "thermo-1", [MAC_A])
+    await admin.claim("acme", "thermo-1", MAC_A, owner="bob")
+    vendor = await _bearer(admin, "vendor", "acme")
+    # A right-to-left override: "\u202eecila" displays as "alice" in the audit log and on
+    # the support page; a zero-width space makes a second "alice".
+    for to in ("\u202eecila", "alice\u200b"):
+        answer = await api.post(
+            f"/v1/diagnose/acme/thermo-1/{MAC_A}/resolve",
+            json={"action": "transfer", "to": to, "reason": "resale"},
+            headers=vendor,
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["code"] == "malformed"
+    assert (await admin.show("acme", "thermo-1", MAC_A)).owner == "bob"
