@@ -3,6 +3,7 @@ broker and bridge: what an owner's diagnosis must not tell about other accounts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -139,3 +140,46 @@ async def test_attack_vendor_transfers_to_a_name_that_displays_as_another(
         assert answer.status_code == 422, answer.text
         assert answer.json()["code"] == "malformed"
     assert (await admin.show("acme", "thermo-1", MAC_A)).owner == "bob"
+
+
+async def test_attack_support_routes_read_no_body_before_the_token_and_pages_carry_headers(
+    settings: Settings,
+) -> None:
+    from tests.helpers import api_server  # noqa: PLC0415 (a process of its own)
+    from tests.integration.test_api_limits import (  # noqa: PLC0415
+        COMMON,
+        LIMIT,
+        PAGE_POLICY,
+        _open,
+        _read_answer,
+    )
+
+    with api_server(settings) as server:
+        for method, path in (
+            ("POST", f"/v1/diagnose/acme/thermo-1/{MAC_A}/resolve"),
+            ("PUT", "/v1/models/acme/thermo-1/support-contact"),
+        ):
+            reader, writer = await _open(server)
+            try:
+                writer.write(
+                    f"{method} {path} HTTP/1.1\r\nHost: bridge.test\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {LIMIT}\r\n\r\n".encode()
+                )
+                await writer.drain()
+                answer = await _read_answer(reader)  # the body was never sent
+            finally:
+                writer.close()
+            assert answer.status == 401, (path, answer.status)
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for page in ("support.html", "support.js", "owner-support.js", "support.css"):
+                shown = await http.get(f"/static/{page}")
+                assert shown.status_code == 200, page
+                assert shown.headers["content-security-policy"] == PAGE_POLICY, page
+                for header, value in COMMON.items():
+                    assert shown.headers.get(header) == value, (page, header)
+            # Nothing under /static/ runs inline script: the policy would block it anyway.
+            html = (await http.get("/static/support.html")).text
+            assert re.findall(r"<script\b[^>]*>", html) == [
+                '<script src="/static/support.js" defer>'
+            ]
+            assert not re.search(r"\son[a-z]+\s*=", html)  # no inline handlers
