@@ -335,6 +335,8 @@ class SupportDesk:
         # name with a right-to-left override or a zero-width space would display as
         # another account's in the audit log and on the support page.
         text.check_text("new owner's name", to, text.PERSON_MAX, spaces=True)
+        if to != to.strip():
+            raise Malformed(f"The new owner's name {to!r} must not start or end with a space.")
         target = to
         await admin.transfer(vendor, model, number, to=target, actor=actor, reason=why)
         return (

@@ -130,8 +130,8 @@ async def test_attack_vendor_transfers_to_a_name_that_displays_as_another(
     await admin.claim("acme", "thermo-1", MAC_A, owner="bob")
     vendor = await _bearer(admin, "vendor", "acme")
     # A right-to-left override: "\u202eecila" displays as "alice" in the audit log and on
-    # the support page; a zero-width space makes a second "alice".
-    for to in ("\u202eecila", "alice\u200b"):
+    # the support page; a zero-width space or a trailing space makes a second "alice".
+    for to in ("\u202eecila", "alice\u200b", "alice ", " alice"):
         answer = await api.post(
             f"/v1/diagnose/acme/thermo-1/{MAC_A}/resolve",
             json={"action": "transfer", "to": to, "reason": "resale"},
