@@ -142,7 +142,7 @@ async def test_attack_vendor_transfers_to_a_name_that_displays_as_another(
     assert (await admin.show("acme", "thermo-1", MAC_A)).owner == "bob"
 
 
-async def test_attack_support_routes_read_no_body_before_the_token_and_pages_carry_headers(
+async def test_support_routes_read_no_body_before_the_token_and_pages_carry_headers(
     settings: Settings,
 ) -> None:
     from tests.helpers import api_server  # noqa: PLC0415 (a process of its own)
