@@ -64,6 +64,18 @@ def _transferred_from(event: Event, owner: str) -> bool:
 _NOT_LISTED: Final = frozenset({Code.NOT_APPROVED, Code.INVALID_IDENTIFIER, Code.MALFORMED})
 
 
+def _owners_to_see(stray: Stray) -> bool:
+    """Whether an owner may see an attempt in their claim's window that carried another
+    number: only a near miss of theirs (likely their own device) on nobody's list."""
+    if stray.event.identifier is None:
+        # Another kind, or no number at all, is tied to their device only by model and
+        # time: it may be anyone's device, and what it sent is not theirs to read. A
+        # near miss that is not valid reads "differs in one character and is not ...".
+        return stray.how.startswith("differs")
+    # The code of an attempt with an approved number says whether it is claimed.
+    return stray.event.code in _NOT_LISTED
+
+
 def _by(actor: str | None, owner: str) -> str:
     # The actor as an owner may see it: never another account's name or token id.
     if actor is None:
@@ -258,12 +270,10 @@ class SupportDesk:
             asking=None,
             device=device,
             events=mine,
-            # Only attempts whose number is on nobody's list: the code of an attempt with
-            # an approved number says whether that number is claimed, by someone else.
             strays=[
                 Stray(dataclasses.replace(s.event, client_id=None, owner=None), s.how)
                 for s in facts.strays
-                if s.event.identifier is None or s.event.code in _NOT_LISTED
+                if _owners_to_see(s)
             ],
             neighbours=(),
             other_models=(),

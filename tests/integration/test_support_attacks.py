@@ -183,3 +183,28 @@ async def test_support_routes_read_no_body_before_the_token_and_pages_carry_head
                 '<script src="/static/support.js" defer>'
             ]
             assert not re.search(r"\son[a-z]+\s*=", html)  # no inline handlers
+
+
+async def test_attack_owner_reads_what_another_accounts_device_sent(
+    admin: Admin, settings: Settings, bridge: RunningBridge, api: httpx.AsyncClient
+) -> None:
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    await admin.approve("acme", "thermo-1", [MAC_A, MAC_B])
+    await admin.claim("acme", "thermo-1", MAC_A, owner="alice")
+    await admin.claim("acme", "thermo-1", MAC_B, owner="bob")
+    # Bob's device, with broken firmware, sends its IMEI and then its serial number.
+    for sent in ("490154203237518", "SN-BOB-000123"):
+        tried = await activate(settings, sent, client_id="bobs-thermo")
+        assert not tried.ok, tried.reply
+
+    alice = await _bearer(admin, "owner", "alice")
+    answer = await api.get(f"/v1/diagnose/acme/thermo-1/{MAC_A}", headers=alice)
+    assert answer.status_code == 200, answer.text
+    # Nothing ties those attempts to alice's device but the model and the time: they
+    # may be anyone's, and what they carried is not hers to read.
+    assert "490154203237518" not in answer.text
+    assert "SN-BOB" not in answer.text
+    # The vendor's support still sees them (tallied in one row), as possible evidence.
+    vendor = await _bearer(admin, "vendor", "acme")
+    seen = await api.get(f"/v1/diagnose/acme/thermo-1/{MAC_A}", headers=vendor)
+    assert "490154203237518" in seen.text
