@@ -20,6 +20,7 @@ round trip. Pure: no I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -64,6 +65,21 @@ def _fold(name: str) -> str:
     # Mosquitto compares usernames exactly, but other brokers and auth backends do not
     # always: refusing "Bridge" as well as "bridge" costs a device nothing.
     return name.casefold()
+
+
+#: The suffix ``bridge serve --workers N`` adds to the bridge's client id, one per worker
+#: (bridge.workers.worker_settings).
+_WORKER_SUFFIX = re.compile(r"-w[0-9]+$")
+
+
+def client_id_family(client_id: str) -> str:
+    """The client id that the bridge's ids all start with: a worker's without its ``-w<i>``.
+
+    A worker reserves the whole family against devices, not only its own id: a device
+    whose request reaches worker 1 must not get a broker login named after worker 0,
+    with which it could connect under worker 0's client id and take its session.
+    """
+    return _WORKER_SUFFIX.sub("", client_id)
 
 
 class LoginNamespace:

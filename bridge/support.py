@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from bridge import diagnosis, identifiers, text
+from bridge.codes import Code
 from bridge.db import diagnosis as queries
 from bridge.diagnosis import Action, Device, Diagnosis, Event, Facts, Stray
 from bridge.errors import InvalidIdentifier, Malformed, NotClaimed, NotFound
@@ -59,6 +60,22 @@ def _transferred_from(event: Event, owner: str) -> bool:
     )
 
 
+#: Activation codes that say the attempt's number is on no approval list of the model.
+_NOT_LISTED: Final = frozenset({Code.NOT_APPROVED, Code.INVALID_IDENTIFIER, Code.MALFORMED})
+
+
+def _owners_to_see(stray: Stray) -> bool:
+    """Whether an owner may see an attempt in their claim's window that carried another
+    number: only a near miss of theirs (likely their own device) on nobody's list."""
+    if stray.event.identifier is None:
+        # Another kind, or no number at all, is tied to their device only by model and
+        # time: it may be anyone's device, and what it sent is not theirs to read. A
+        # near miss that is not valid reads "differs in one character and is not ...".
+        return stray.how.startswith("differs")
+    # The code of an attempt with an approved number says whether it is claimed.
+    return stray.event.code in _NOT_LISTED
+
+
 def _by(actor: str | None, owner: str) -> str:
     # The actor as an owner may see it: never another account's name or token id.
     if actor is None:
@@ -96,10 +113,30 @@ class SupportDesk:
         anything else is NotFound, worded as for a device that does not exist.
         """
         row = await self._admin.model(vendor, model)
+        if owner is not None:
+            # Before any other read: a number that was never the owner's costs them
+            # the same (and takes the same time) whether it is claimed, free or unknown.
+            await self._ever_theirs(row, number, owner)
         facts = await self._facts(row, number, asking=asking, now=now or datetime.now(UTC))
         if owner is None:
             return diagnosis.verdict(facts)
         return await self._for_owner(row, facts, owner)
+
+    async def _ever_theirs(self, row: ModelRow, number: str, owner: str) -> None:
+        """NotFound, worded as for a device that does not exist, unless ``owner`` holds
+        or held the number."""
+        try:
+            canonical: str | None = identifiers.normalize(row.kind, number, row.pattern)
+        except InvalidIdentifier:
+            canonical = None
+        if canonical is None or not await queries.ever_claimed_by(
+            self._store, row, canonical, owner
+        ):
+            what = identifiers.kind_name(row.kind)
+            shown = identifiers.display(row.kind, canonical) if canonical else number
+            raise NotFound(
+                f"There is no {what} {shown} of {row.vendor}/{row.model} in your account."
+            )
 
     async def _facts(
         self, row: ModelRow, number: str, *, asking: str | None, now: datetime
@@ -184,13 +221,10 @@ class SupportDesk:
         shown = (
             identifiers.display(row.kind, facts.canonical) if facts.canonical else number_of(facts)
         )
-        if facts.canonical is None or not await queries.ever_claimed_by(
-            self._store, row, facts.canonical, owner
-        ):
+        if facts.device is None:  # unapproved since _ever_theirs looked
             raise NotFound(
                 f"There is no {what} {shown} of {row.vendor}/{row.model} in your account."
             )
-        assert facts.device is not None  # a claim was found, so is the device
         mine = [
             dataclasses.replace(
                 e,
@@ -226,12 +260,20 @@ class SupportDesk:
                 timeline=mine,
                 support_contact=facts.support_contact,
             )
+        device = facts.device
+        if device.activated_at is None:
+            # Release and transfer clear activated_at, not the client id: until the
+            # device activates in this claim, the id is a previous owner's device's.
+            device = dataclasses.replace(device, client_id=None)
         private = dataclasses.replace(
             facts,
             asking=None,
+            device=device,
             events=mine,
             strays=[
-                Stray(dataclasses.replace(s.event, client_id=None), s.how) for s in facts.strays
+                Stray(dataclasses.replace(s.event, client_id=None, owner=None), s.how)
+                for s in facts.strays
+                if _owners_to_see(s)
             ],
             neighbours=(),
             other_models=(),
@@ -299,7 +341,13 @@ class SupportDesk:
             )
         if to is None:
             raise Malformed("A transfer needs the account to transfer the device to.")
-        target = to  # checked by the transfer itself
+        # A vendor's support names accounts here (before, only an administrator did): a
+        # name with a right-to-left override or a zero-width space would display as
+        # another account's in the audit log and on the support page.
+        text.check_text("new owner's name", to, text.PERSON_MAX, spaces=True)
+        if to != to.strip():
+            raise Malformed(f"The new owner's name {to!r} must not start or end with a space.")
+        target = to
         await admin.transfer(vendor, model, number, to=target, actor=actor, reason=why)
         return (
             f"The {what} {shown} ({vendor}/{model}) now belongs to {target} (it was {holder}'s); "

@@ -347,8 +347,9 @@ def _to(body: ReleaseRequest | TransferRequest | ApproveRequest | ReenableReques
     tags=["support"],
 )
 async def support_contact(vendor: VendorPath, model: ModelPath, desk: Desk) -> ContactBody:
-    """Whom an owner reaches about this model (any token: shown beside refusals)."""
-    row = await desk.admin.model(vendor, model)
+    """Whom an owner reaches about this model (an owner's token reads any model's: it is
+    shown beside refusals; a vendor's only its own, as everywhere)."""
+    row = await desk.own_model(vendor, model)
     return ContactBody(
         vendor=row.vendor,
         model=row.model,
