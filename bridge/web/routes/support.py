@@ -29,7 +29,7 @@ from bridge.records import ModelRow
 from bridge.support import SupportDesk
 from bridge.text import printable
 from bridge.tokens import Role
-from bridge.web.bodies import PRINTABLE, SPACES
+from bridge.web.bodies import SPACES
 from bridge.web.context import Caller, Ctx
 from bridge.web.params import ModelPath, NumberPath, OwnerQuery, VendorPath
 from bridge.web.refusals import error_responses
@@ -122,9 +122,18 @@ Reason = Annotated[
     _shown(text.REASON_MAX, "shown in the owner's history; no invisible character"),
     AfterValidator(printable),
 ]
+#: A new owner's name as support types it: printable, no space at either end; that it
+#: holds no invisible character or odd space is said in words.
+_EDGE = f"[^{_CTRL}{SPACES}]"
+OWNER_NAME = f"^{_EDGE}(?:[^{_CTRL}]*{_EDGE})?$"
 OwnerName = Annotated[
     str,
-    Field(min_length=1, max_length=text.PERSON_MAX, json_schema_extra={"pattern": PRINTABLE}),
+    Field(
+        min_length=1,
+        max_length=text.PERSON_MAX,
+        description="no space at either end; no invisible character",
+        json_schema_extra={"pattern": OWNER_NAME},
+    ),
     AfterValidator(printable),
 ]
 
