@@ -284,11 +284,13 @@ class Admin:
         to: str,
         actor: str | None = None,
         reason: str | None = None,
+        holder: str | None = None,
     ) -> LifecycleResult:
         """An administrator moves a claimed device to another owner (audited); the
-        previous owner's key is revoked, in the database and on the broker."""
+        previous owner's key is revoked, in the database and on the broker. With
+        ``holder``, only if the device is still that owner's (else NotOwner)."""
         return await self._lifecycle.transfer(
-            vendor, model, number, to=to, actor=actor, reason=reason
+            vendor, model, number, to=to, actor=actor, reason=reason, holder=holder
         )
 
     async def reenable(

@@ -348,7 +348,11 @@ class SupportDesk:
         if to != to.strip():
             raise Malformed(f"The new owner's name {to!r} must not start or end with a space.")
         target = to
-        await admin.transfer(vendor, model, number, to=target, actor=actor, reason=why)
+        # Only from the holder diagnosed just now: released and claimed again meanwhile,
+        # it stays with its new holder (NotOwner), as a release does.
+        await admin.transfer(
+            vendor, model, number, to=target, actor=actor, reason=why, holder=holder or ""
+        )
         return (
             f"The {what} {shown} ({vendor}/{model}) now belongs to {target} (it was {holder}'s); "
             "its activation window is open."

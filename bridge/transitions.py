@@ -360,17 +360,26 @@ class Lifecycle:
         to: str,
         actor: str | None = None,
         reason: str | None = None,
+        holder: str | None = None,
     ) -> LifecycleResult:
         """An administrator moves a claimed device to another owner (audited).
 
         The previous owner's key is revoked, in the database and on the broker; the new
-        owner's activation window opens (a revoked device stays revoked).
+        owner's activation window opens (a revoked device stays revoked). With ``holder``
+        (the owner the caller saw), only if the device is still theirs.
         """
         if not 1 <= len(to) <= 128:
             raise Malformed("The owner name must be 1 to 128 characters.")
         who, why = self._asker(actor, reason)
         row, canonical = await self._device(vendor, model, number)
-        outcome = await self._store.transfer(row, canonical, to=to, actor=who, reason=why)
+        outcome = await self._store.transfer(
+            row, canonical, to=to, actor=who, reason=why, holder=holder
+        )
+        if outcome.status == Code.NOT_OWNER:
+            raise NotOwner(
+                f"The {_named(row, canonical)} is no longer claimed by {holder}; "
+                "nothing was transferred: look at it again."
+            )
         if outcome.status == Code.ALREADY_THEIRS:
             raise Conflict(f"The {_named(row, canonical)} already belongs to {to}.")
         return await self._closed(_result(row, canonical, outcome, nothing="transfer"))

@@ -160,17 +160,26 @@ class Transitions(Pooled):
         )
 
     async def transfer(
-        self, model: ModelRow, identifier: str, *, to: str, actor: str, reason: str | None = None
+        self,
+        model: ModelRow,
+        identifier: str,
+        *,
+        to: str,
+        actor: str,
+        reason: str | None = None,
+        holder: str | None = None,
     ) -> LifecycleOutcome:
-        """Move a claimed device to ``to``; the previous owner's key is revoked with it."""
+        """Move a claimed device to ``to``; the previous owner's key is revoked with it.
+        With ``holder``, only if the device is still that owner's (else not_owner)."""
         return _lifecycle(
             await self._one(
-                "SELECT * FROM bridge_transfer($1, $2, $3, $4, $5)",
+                "SELECT * FROM bridge_transfer($1, $2, $3, $4, $5, $6)",
                 model.id,
                 identifier,
                 to,
                 actor,
                 reason,
+                holder,
             )
         )
 

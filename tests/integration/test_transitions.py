@@ -17,7 +17,7 @@ import pytest
 
 from bridge.admin import Admin
 from bridge.config import Settings
-from bridge.errors import Forbidden, Malformed
+from bridge.errors import Forbidden, Malformed, NotOwner
 from bridge.records import Activation, ActivationOutcome, ModelRow, RateLimit
 from bridge.store import Store
 from bridge.tokens import Role
@@ -185,7 +185,11 @@ async def test_transfer_revokes_the_old_key_and_its_stored_reply(
     assert first.code == "ok"
     conn = await connect()
     moved = await conn.fetchrow(
-        "SELECT * FROM bridge_transfer($1, $2, $3, $4, NULL)", model.id, DEVICE, "bob", "test"
+        "SELECT * FROM bridge_transfer($1, $2, $3, $4, NULL, NULL)",
+        model.id,
+        DEVICE,
+        "bob",
+        "test",
     )
     assert moved is not None
     assert (moved["status"], moved["owner"], moved["state"], moved["login"]) == (
@@ -459,3 +463,21 @@ async def test_attack_actor_and_reason_that_would_mislead_a_reader_are_refused(
     assert (await admin.show("acme", "thermo-1", MAC)).state == "claimed"  # nothing changed
     latest = await admin.audit(vendor="acme", model="thermo-1", limit=1)
     assert [e.action for e in latest] == ["claim"]
+
+
+async def test_attack_a_transfer_from_a_holder_who_no_longer_holds_it_moves_nothing(
+    admin: Admin,
+) -> None:
+    # Support diagnosed "claimed by alice" and transfers to carol; meanwhile alice
+    # released it and bob claimed it. The transfer names the holder it saw: refused.
+    await _model(admin)
+    await admin.claim("acme", "thermo-1", MAC, owner="alice")
+    await admin.release("acme", "thermo-1", MAC, owner="alice")
+    await admin.claim("acme", "thermo-1", MAC, owner="bob")
+    with pytest.raises(NotOwner, match="is no longer claimed by alice; nothing was transferred"):
+        await admin.transfer("acme", "thermo-1", MAC, to="carol", reason="resale", holder="alice")
+    assert (await admin.show("acme", "thermo-1", MAC)).owner == "bob"
+    # Naming the holder it has now, it moves.
+    moved = await admin.transfer("acme", "thermo-1", MAC, to="carol", reason="x", holder="bob")
+    assert moved.previous_owner == "bob"
+    assert (await admin.show("acme", "thermo-1", MAC)).owner == "carol"

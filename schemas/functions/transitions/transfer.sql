@@ -3,14 +3,19 @@
 -- the device's identity, and the previous owner may hold a copy): the new owner's
 -- activation window opens (the window rule), and the device activates again for a new
 -- key. A revoked device stays revoked.
--- status: ok, not_approved, not_claimed or already_theirs. `owner`: the previous owner;
--- `login`: the client id whose broker login held the key, for the caller to close.
+-- `p_from`, when given, is the holder the caller saw (the support desk diagnosed, then
+-- acts): if the device changed hands meanwhile the transfer is refused (not_owner) rather
+-- than taking it from someone the caller never saw.
+-- status: ok, not_approved, not_claimed, not_owner or already_theirs. `owner`: the previous
+-- owner; `login`: the client id whose broker login held the key, for the caller to close.
+DROP FUNCTION IF EXISTS bridge_transfer(bigint, text, text, text, text);
 CREATE OR REPLACE FUNCTION bridge_transfer(
     p_model_id    bigint,
     p_identifier  text,
     p_to          text,
     p_actor       text,
-    p_reason      text
+    p_reason      text,
+    p_from        text
 ) RETURNS TABLE (status text, owner text, state text, window_ends_at timestamptz,
                  login text)
 LANGUAGE plpgsql AS $$
@@ -25,6 +30,8 @@ BEGIN
         status := 'not_approved';
     ELSIF d.owner IS NULL THEN
         status := 'not_claimed';
+    ELSIF p_from IS NOT NULL AND d.owner <> p_from THEN
+        status := 'not_owner';
     ELSIF d.owner = p_to THEN
         status := 'already_theirs';
     ELSE
