@@ -20,9 +20,8 @@ here delegate to it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from typing import Final
 
 from bridge import embedded, identifiers, keys, tokens, transitions
@@ -76,8 +75,10 @@ __all__ = [
 STATES: Final = ("approved", "claimed", "activated", "revoked")
 
 
-class Admin:
-    """Administrative operations on one store."""
+class Admin(transitions.Lifecycle):
+    """Administrative operations on one store: the lifecycle transitions (inherited from
+    :class:`bridge.transitions.Lifecycle`), models, enrollment keys, tokens, reads and
+    the support desk. The Python API; the CLI and the HTTP API are layers over it."""
 
     def __init__(
         self,
@@ -88,14 +89,11 @@ class Admin:
         role: Role = Role.ADMIN,
         hasher: keys.KeyHasher | None = None,
     ) -> None:
-        self._store = store
-        # Required, not optional: revoke, release and transfer close the device's broker
-        # login, whichever entry point (CLI, HTTP API, Python) calls them.
-        self._settings = settings
-        self._actor = actor
-        self._hasher = hasher  # only verify_key needs the server secret
+        # Settings are required, not optional: revoke, release and transfer close the
+        # device's broker login, whichever entry point (CLI, HTTP API, Python) calls them.
         # Who asks (``role``): an owner cannot undo a vendor's revoke.
-        self._lifecycle = transitions.Lifecycle(store, settings=settings, actor=actor, role=role)
+        super().__init__(store, settings=settings, actor=actor, role=role)
+        self._hasher = hasher  # only verify_key needs the server secret
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -171,158 +169,10 @@ class Admin:
             and (reason := identifiers.unusable_pattern(row.pattern)) is not None
         ]
 
-    # -- the lifecycle: each transition decided and its side effects attached in
-    # bridge/transitions.py, whichever entry point (CLI, HTTP API, Python) calls it.
-    # ``actor`` replaces this Admin's actor in the audit row; ``reason`` is kept there.
-
-    async def approve(
-        self,
-        vendor: str,
-        model: str,
-        numbers: Iterable[str],
-        *,
-        actor: str | None = None,
-        reason: str | None = None,
-    ) -> ApproveReport:
-        """Approve identifiers (any accepted spelling); all or nothing on a bad one."""
-        return await self._lifecycle.approve(vendor, model, numbers, actor=actor, reason=reason)
-
-    async def claim(
-        self,
-        vendor: str,
-        model: str,
-        number: str,
-        *,
-        owner: str,
-        actor: str | None = None,
-        reason: str | None = None,
-    ) -> ClaimResult:
-        """Add a device to ``owner``'s account; opens the activation window."""
-        return await self._lifecycle.claim(
-            vendor, model, number, owner=owner, actor=actor, reason=reason
-        )
-
-    async def approve_file(
-        self,
-        vendor: str,
-        model: str,
-        path: Path,
-        *,
-        dry_run: bool = False,
-        progress: Progress | None = None,
-        actor: str | None = None,
-        reason: str | None = None,
-    ) -> ImportReport:
-        """Approve a file of identifiers (see :mod:`bridge.approval_file`) in one transaction."""
-        return await self._lifecycle.approve_file(
-            vendor, model, path, dry_run=dry_run, progress=progress, actor=actor, reason=reason
-        )
-
-    async def approve_rows(
-        self,
-        vendor: str,
-        model: str,
-        rows: Iterable[tuple[int, str]],
-        *,
-        dry_run: bool = False,
-        progress: Progress | None = None,
-        total_lines: int = 0,
-        source: str | None = None,
-        actor: str | None = None,
-        reason: str | None = None,
-    ) -> ImportReport:
-        """Approve (line number, text) rows; bad rows are reported, the others loaded by COPY."""
-        return await self._lifecycle.approve_rows(
-            vendor,
-            model,
-            rows,
-            dry_run=dry_run,
-            progress=progress,
-            total_lines=total_lines,
-            source=source,
-            actor=actor,
-            reason=reason,
-        )
-
-    async def unapprove(
-        self,
-        vendor: str,
-        model: str,
-        numbers: Iterable[str],
-        *,
-        force: bool = False,
-        actor: str | None = None,
-        reason: str | None = None,
-    ) -> UnapproveReport:
-        """Take identifiers off the approval list; devices in use need ``force``."""
-        return await self._lifecycle.unapprove(
-            vendor, model, numbers, force=force, actor=actor, reason=reason
-        )
-
-    async def release(
-        self,
-        vendor: str,
-        model: str,
-        number: str,
-        *,
-        owner: str,
-        actor: str | None = None,
-        reason: str | None = None,
-    ) -> LifecycleResult:
-        """The owner gives the device up: its key stops being valid (in the database and
-        on the broker), another owner may claim it. A vendor-revoked device stays revoked."""
-        return await self._lifecycle.release(
-            vendor, model, number, owner=owner, actor=actor, reason=reason
-        )
-
-    async def transfer(
-        self,
-        vendor: str,
-        model: str,
-        number: str,
-        *,
-        to: str,
-        actor: str | None = None,
-        reason: str | None = None,
-        holder: str | None = None,
-    ) -> LifecycleResult:
-        """An administrator moves a claimed device to another owner (audited); the
-        previous owner's key is revoked, in the database and on the broker. With
-        ``holder``, only if the device is still that owner's (else NotOwner)."""
-        return await self._lifecycle.transfer(
-            vendor, model, number, to=to, actor=actor, reason=reason, holder=holder
-        )
-
-    async def reenable(
-        self,
-        vendor: str,
-        model: str,
-        number: str,
-        *,
-        window_seconds: int | None = None,
-        actor: str | None = None,
-        reason: str | None = None,
-    ) -> LifecycleResult:
-        """Open a new activation window; the next activation issues a new key. An owner
-        cannot undo a vendor's revoke."""
-        return await self._lifecycle.reenable(
-            vendor, model, number, window_seconds=window_seconds, actor=actor, reason=reason
-        )
-
-    async def revoke(
-        self,
-        vendor: str,
-        model: str,
-        number: str,
-        *,
-        actor: str | None = None,
-        reason: str | None = None,
-    ) -> LifecycleResult:
-        """The key stops being valid now, in the database and on the broker; activation
-        answers revoked until re-enabled."""
-        return await self._lifecycle.revoke(vendor, model, number, actor=actor, reason=reason)
-
-    # -- reading -----------------------------------------------------------------
+    # -- the lifecycle (approve, approve_file, approve_rows, unapprove, claim, release,
+    # transfer, reenable, revoke) is inherited from bridge.transitions.Lifecycle: each
+    # transition decided there and its side effects attached, whichever entry point
+    # (CLI, HTTP API, Python) calls it.
 
     async def list_devices(
         self,
@@ -379,10 +229,6 @@ class Admin:
                 limit=limit,
             )
         )
-
-    async def _device(self, vendor: str, model: str, number: str) -> tuple[ModelRow, str]:
-        row = await self.model(vendor, model)
-        return row, identifiers.normalize(row.kind, number, row.pattern)
 
     async def show(self, vendor: str, model: str, number: str) -> DeviceRow:
         row = await self.model(vendor, model)
