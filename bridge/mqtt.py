@@ -266,6 +266,11 @@ async def watch(mqtt_client: aiomqtt.Client, every: float = SOCKET_CHECK_SECONDS
             raise aiomqtt.MqttError(f"the connection to the broker ended ({cause})") from cause
 
 
+#: paho's words for a connection the peer closed: the broker ending it while our data was
+#: still on its way (a takeover during a reply), as opposed to a timeout or no route.
+_PEER_CLOSED = ("Connection reset by peer", "Broken pipe")
+
+
 class _SocketFailures(logging.Handler):
     """Notices paho's socket errors ("failed to receive on socket: ...").
 
@@ -278,9 +283,15 @@ class _SocketFailures(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.seen = False
+        #: every socket error seen said the peer closed the connection (reset, or a
+        #: write after its close)
+        self.only_resets = True
 
     def emit(self, record: logging.LogRecord) -> None:
         self.seen = True
+        message = record.getMessage()
+        if not any(said in message for said in _PEER_CLOSED):
+            self.only_resets = False
 
     def logger(self, client_id: str) -> logging.Logger:
         own = logging.Logger(f"mqtt.{client_id}", logging.ERROR)
@@ -367,12 +378,13 @@ _UNSPECIFIED = 0x80
 def how_lost(mqtt_client: aiomqtt.Client) -> str:
     """How a ``manual_ack`` connection ended: "taken_over", "closed" or "failed".
 
-    "taken_over": the broker said so (MQTT 5 DISCONNECT 0x8E). "closed": the broker
-    ended the connection in order, without a DISCONNECT and without a socket error,
-    which is how Mosquitto hands a session to another connection
-    with the same client id (as 2.0.11 does; later versions say 0x8E), and also how it
-    may shut down. "failed": anything else
-    (reset, timeout, another reason code).
+    "taken_over": the broker said so (MQTT 5 DISCONNECT 0x8E). "closed": the peer
+    ended the connection without a DISCONNECT, which is how Mosquitto hands a session
+    to another connection with the same client id (as 2.0.11 does; later versions say
+    0x8E), and also how it may shut down: in order, or with a reset or a broken pipe
+    when the bridge's own data was still on its way (a takeover during a reply). The caller
+    tells these apart with a second connection (the service's sentinel). "failed":
+    anything else (timeout, another socket error, another reason code).
     """
     closed = _disconnected(mqtt_client)
     if not closed.done() or closed.cancelled():
@@ -384,7 +396,7 @@ def how_lost(mqtt_client: aiomqtt.Client) -> str:
     if rc == SESSION_TAKEN_OVER:
         return "taken_over"
     watch = _watched.get(mqtt_client)
-    if rc == _UNSPECIFIED and watch is not None and not watch.seen:
+    if rc == _UNSPECIFIED and watch is not None and (not watch.seen or watch.only_resets):
         return "closed"
     return "failed"
 

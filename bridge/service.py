@@ -268,9 +268,10 @@ class BridgeService:
         """Whether the connection just lost was taken over by another with our client id.
 
         Said outright with MQTT 5 reason 0x8E. Mosquitto 2.0.11 says nothing: it closes
-        the connection, exactly as when it shuts down or restarts. The sentinel tells
-        them apart: a broker going down closes the sentinel's connection too, a moment
-        later; a takeover leaves it up.
+        the connection (a reset, when a reply of ours was still unread), exactly as when
+        it shuts down or restarts. The sentinel tells them apart: a broker going down
+        closes the sentinel's connection too, a moment later; a takeover leaves it up.
+        So does a network reset of this one connection alone: it counts as a takeover.
         """
         how = mqtt.how_lost(client)
         if how != "closed":
