@@ -278,8 +278,8 @@ class Lifecycle:
         reason: str | None = None,
     ) -> ClaimResult:
         """Add a device to ``owner``'s account; opens the activation window."""
-        if not 1 <= len(owner) <= 128:
-            raise Malformed("The owner name must be 1 to 128 characters.")
+        if not 1 <= len(owner) <= text.PERSON_MAX:
+            raise Malformed(f"The owner name must be 1 to {text.PERSON_MAX} characters.")
         who, why = self._asker(actor, reason)
         row = await model_row(self._store, vendor, model)
         try:
@@ -368,8 +368,8 @@ class Lifecycle:
         owner's activation window opens (a revoked device stays revoked). With ``holder``
         (the owner the caller saw), only if the device is still theirs.
         """
-        if not 1 <= len(to) <= 128:
-            raise Malformed("The owner name must be 1 to 128 characters.")
+        if not 1 <= len(to) <= text.PERSON_MAX:
+            raise Malformed(f"The owner name must be 1 to {text.PERSON_MAX} characters.")
         who, why = self._asker(actor, reason)
         row, canonical = await self._device(vendor, model, number)
         outcome = await self._store.transfer(
