@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from bridge.db.audit import AUDIT_INSERT, audit_args
-from bridge.db.pool import Pooled, reachable
+from bridge.db.pool import Pooled, reachable, retrying_deadlocks
 from bridge.records import Activation, ActivationOutcome, AuditEntry, AuditTally, RateLimit, Refusal
 
 _SQL_TYPES = {"str": "text", "int": "integer", "bytes": "bytea", "bool": "boolean"}
@@ -63,7 +63,6 @@ def statement_arguments(activation: Activation, tally: AuditTally) -> tuple[Any,
 
 
 _BATCH_MAX = 32
-_DEADLOCK_RETRIES = 3
 # Activation statements in flight at once. Few senders mean fuller batches, which cost
 # less CPU per activation in PostgreSQL and in the bridge at the same p99 under light
 # load (measured: docs/performance.md, "Earlier changes", the senders rows).
@@ -146,13 +145,8 @@ class ActivationBatcher:
         return [await self._decide_alone(args) for args in batch]
 
     async def _decide_alone(self, args: Activation) -> ActivationOutcome:
-        for attempt in range(_DEADLOCK_RETRIES):
-            try:
-                return await self._decide_one(args)
-            except asyncpg.DeadlockDetectedError:
-                # Alone, it can still meet a batch that holds what it needs.
-                await asyncio.sleep(0.01 * (attempt + 1))
-        return await self._decide_one(args)
+        # Alone, it can still meet a batch that holds what it needs.
+        return await retrying_deadlocks(lambda: self._decide_one(args))
 
     async def _decide_one(self, args: Activation) -> ActivationOutcome:
         async with reachable():
@@ -214,17 +208,20 @@ class Activations(Pooled):
         ``rate_limited`` instead (``limited_by`` says which limit).
         """
         async with reachable():
-            row = await self._pool.fetchrow(
-                "SELECT * FROM bridge_refuse_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                " $10, $11, $12, $13, $14, $15, $16)",
-                limit.failures,
-                limit.identifier_failures,
-                limit.model_failures,
-                limit.window_seconds,
-                self._tally.window_seconds,
-                self._tally.clients,
-                # Every audit column but owner: the tally finds the device's owner.
-                *audit_args(entry)[:-1],
+            # It locks the client id, then the shared counters: a batch can hold those.
+            row = await retrying_deadlocks(
+                lambda: self._pool.fetchrow(
+                    "SELECT * FROM bridge_refuse_throttled($1, $2, $3, $4, $5, $6, $7, $8,"
+                    " $9, $10, $11, $12, $13, $14, $15, $16)",
+                    limit.failures,
+                    limit.identifier_failures,
+                    limit.model_failures,
+                    limit.window_seconds,
+                    self._tally.window_seconds,
+                    self._tally.clients,
+                    # Every audit column but owner: the tally finds the device's owner.
+                    *audit_args(entry)[:-1],
+                )
             )
         assert row is not None  # the function always returns one row
         return Refusal(row["retry_after"], row["limited_by"])
@@ -238,11 +235,15 @@ class Activations(Pooled):
         """
         async with reachable():
             if entry.actor == "device" and entry.action == "activate" and entry.code != "ok":
-                await self._pool.execute(
-                    "SELECT bridge_tally($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                    self._tally.window_seconds,
-                    self._tally.clients,
-                    *audit_args(entry),
+                # The tally locks the client id too (see refuse).
+                await retrying_deadlocks(
+                    lambda: self._pool.execute(
+                        "SELECT bridge_tally($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+                        " $12, $13)",
+                        self._tally.window_seconds,
+                        self._tally.clients,
+                        *audit_args(entry),
+                    )
                 )
             else:
                 await self._pool.execute(AUDIT_INSERT, *audit_args(entry))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -106,6 +106,31 @@ def _busy_connection(exc: asyncpg.exceptions.InternalClientError) -> bool:
     # earlier, failed exchange. The statement was not sent, so nothing was decided:
     # the request is answered `unavailable` and retried, instead of ending the service.
     return "another operation" in str(exc)
+
+
+_T = TypeVar("_T")
+#: Times a statement rolled back to break a deadlock is sent again before its error stands.
+DEADLOCK_RETRIES = 3
+
+
+async def retrying_deadlocks(call: Callable[[], Awaitable[_T]]) -> _T:
+    """Run ``call`` (one statement, its own transaction) again when PostgreSQL chose it
+    to break a deadlock.
+
+    The device path's statements each lock their client id first, then shared counters
+    (throttle.sql) and rows; a batch of activations holds some of those while it waits
+    for the next row's client id, so a single refusal or activation can close a cycle
+    with it. PostgreSQL rolls one of them back whole, so nothing of it was decided or
+    written and sending it again is safe. Without this the device got "internal error"
+    for a deadlock, and its audit row was lost.
+    """
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            return await call()
+        except asyncpg.DeadlockDetectedError:
+            # The other side holds its locks until it commits: let it go first.
+            await asyncio.sleep(0.01 * (attempt + 1))
+    return await call()
 
 
 @contextlib.asynccontextmanager

@@ -12,8 +12,9 @@ import asyncpg
 import pytest
 
 from bridge.admin import Admin
+from bridge.codes import Code
 from bridge.db import activations as activations_module
-from bridge.records import Activation, ActivationOutcome
+from bridge.records import Activation, ActivationOutcome, AuditEntry, RateLimit
 from bridge.store import Store
 
 
@@ -144,3 +145,87 @@ async def test_an_activation_cancelled_while_waiting_is_not_sent(
         assert state == "claimed"
     finally:
         await blocker.close()
+
+
+async def test_refusals_beside_batches_are_never_lost_to_a_deadlock(database_url: str) -> None:
+    """A refusal decided before the database (``refuse``) and a device failure's audit
+    entry (``record``) lock the client id and then shared counters, as each row of an
+    activation batch does; a batch holding a counter while it waits for the next row's
+    client id closes a cycle with them. PostgreSQL breaks it by rolling one back: the
+    store sends that one again. Before, the refusal raised (the device was told
+    "internal error") and its audit entry was lost: 22 of 3,000 in one run.
+    """
+    conn = await asyncpg.connect(database_url)
+    try:
+        # Deadlocks are detected after deadlock_timeout (1 s by default): a short one
+        # keeps this test quick and changes nothing else.
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f"ALTER DATABASE \"{name}\" SET deadlock_timeout = '20ms'")
+        model_id = await conn.fetchval(
+            "INSERT INTO models (vendor, model, kind, plaintext_keys) "
+            "VALUES ('acme', 'dl-1', 'serial', true) RETURNING id"
+        )
+    finally:
+        await conn.close()
+    # No limit is reached: every failure writes its counters, so every lock is taken.
+    limit = RateLimit(failures=10**9, identifier_failures=10**9, model_failures=10**9)
+    clients = [f"dl-{n}" for n in range(12)]
+    rng = random.Random(7)
+    outcomes: Counter[str] = Counter()
+
+    async with Store.open(database_url, pool_size=10) as store:
+
+        async def activation(n: int) -> None:
+            number = f"X{rng.randrange(50)}"
+            await store.activate(
+                Activation(
+                    client_id=rng.choice(clients),
+                    client_limit=limit.failures,
+                    device_logins=False,
+                    grace_seconds=600,
+                    identifier=number,
+                    identifier_limit=limit.identifier_failures,
+                    key_hash=os.urandom(32),
+                    key_id="k",
+                    model_id=model_id,
+                    model_limit=limit.model_failures,
+                    presented=number,
+                    reply=os.urandom(64),
+                    request_id=f"a{n}",
+                    window_seconds=limit.window_seconds,
+                )
+            )
+            outcomes["activation"] += 1
+
+        async def refusal(n: int) -> None:
+            number = f"X{rng.randrange(50)}"
+            entry = AuditEntry(
+                "activate",
+                Code.INVALID_IDENTIFIER,
+                actor="device",
+                client_id=rng.choice(clients),
+                request_id=f"r{n}",
+                vendor="acme",
+                model="dl-1",
+                identifier_presented=number,
+                identifier=number,
+            )
+            if n % 4 == 1:
+                await store.record(entry)
+            else:
+                await store.refuse(entry, limit)
+            outcomes["refusal"] += 1
+
+        for first in range(0, 3000, 300):
+            await asyncio.gather(
+                *(activation(n) if n % 2 else refusal(n) for n in range(first, first + 300))
+            )
+    conn = await asyncpg.connect(database_url)
+    try:
+        audited = await conn.fetchval(
+            "SELECT sum(1 + repeats) FROM audit_log WHERE action = 'activate'"
+        )
+    finally:
+        await conn.close()
+    assert outcomes == {"activation": 1500, "refusal": 1500}
+    assert audited == 3000
