@@ -88,8 +88,8 @@ Number = Annotated[
     AfterValidator(printable),
 ]
 
-#: Why a lifecycle change was made: kept in its audit row, so the owner concerned reads
-#: it in their history. One definition for every action that takes one.
+#: Why a lifecycle change was made: kept in its audit row (a device's owner reads it in
+#: their history). One definition for every action that takes one, resolve's included.
 Reason = Annotated[
     str,
     shown_text(
