@@ -415,7 +415,14 @@ class Admin(transitions.Lifecycle):
     # -- for the HTTP API: throttled claims, an owner's devices, a device of a known model --
 
     async def throttled_claim(
-        self, vendor: str, model: str, number: str, *, owner: str, token_id: str
+        self,
+        vendor: str,
+        model: str,
+        number: str,
+        *,
+        owner: str,
+        token_id: str,
+        reason: str | None = None,
     ) -> ClaimResult:
         """:meth:`claim`, with failed claims counted against the API token ``token_id``.
 
@@ -435,7 +442,7 @@ class Admin(transitions.Lifecycle):
                 retry_after=wait,
             )
         try:
-            result = await self.claim(vendor, model, number, owner=owner)
+            result = await self.claim(vendor, model, number, owner=owner, reason=reason)
         except RequestError:
             raise  # the caller's failure: it stays counted
         except Exception:

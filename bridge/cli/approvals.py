@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bridge.admin import Admin
 from bridge.cli.command import admin_command
-from bridge.cli.options import Commands, database_options, model_arguments
+from bridge.cli.options import Commands, database_options, model_arguments, reason_option
 from bridge.errors import Malformed
 
 
@@ -34,6 +34,7 @@ def register(commands: Commands) -> None:
         action="store_true",
         help="with --file: report what would happen, write nothing",
     )
+    reason_option(p)
 
     p = commands.add(
         "unapprove",
@@ -46,6 +47,7 @@ def register(commands: Commands) -> None:
     model_arguments(p)
     p.add_argument("identifiers", nargs="+", metavar="IDENTIFIER", help="identifiers to remove")
     p.add_argument("--force", action="store_true", help="remove devices in use too")
+    reason_option(p)
 
 
 async def _approve(args: argparse.Namespace) -> int:
@@ -59,7 +61,7 @@ async def _approve(args: argparse.Namespace) -> int:
 
 @admin_command()
 async def _approve_listed(admin: Admin, args: argparse.Namespace) -> None:
-    simple = await admin.approve(args.vendor, args.model, args.identifiers)
+    simple = await admin.approve(args.vendor, args.model, args.identifiers, reason=args.reason)
     print(f"approved: {simple.added} added, {simple.already} already approved")
 
 
@@ -68,7 +70,12 @@ async def _approve_file(admin: Admin, args: argparse.Namespace) -> int:
     bar = _ProgressBar() if sys.stderr.isatty() else None
     try:
         report = await admin.approve_file(
-            args.vendor, args.model, args.file, dry_run=args.dry_run, progress=bar
+            args.vendor,
+            args.model,
+            args.file,
+            dry_run=args.dry_run,
+            progress=bar,
+            reason=args.reason,
         )
     finally:
         if bar is not None:
@@ -114,5 +121,7 @@ class _ProgressBar:
 
 @admin_command()
 async def _unapprove(admin: Admin, args: argparse.Namespace) -> None:
-    report = await admin.unapprove(args.vendor, args.model, args.identifiers, force=args.force)
+    report = await admin.unapprove(
+        args.vendor, args.model, args.identifiers, force=args.force, reason=args.reason
+    )
     print(f"unapproved: {len(report.removed)} removed, {len(report.missing)} not approved")

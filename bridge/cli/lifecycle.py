@@ -2,6 +2,7 @@
 
 Each command is one :class:`~bridge.admin.Admin` call; the transition itself, its audit
 row and the broker login it closes are decided there, for every entry point alike.
+Each takes ``--reason``, kept in that audit row.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ import sys
 
 from bridge.admin import Admin, LifecycleResult
 from bridge.cli.command import admin_command, when
-from bridge.cli.options import Commands, database_options, device_arguments, parse_duration
+from bridge.cli.options import (
+    Commands,
+    database_options,
+    device_arguments,
+    parse_duration,
+    reason_option,
+)
 
 
 def register(commands: Commands) -> None:
@@ -25,6 +32,7 @@ def register(commands: Commands) -> None:
     )
     device_arguments(p)
     p.add_argument("--owner", required=True, metavar="OWNER", help="whose account it joins")
+    reason_option(p)
 
     p = commands.add(
         "release",
@@ -38,6 +46,7 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--owner", required=True, metavar="OWNER", help="the device's owner, who gives it up"
     )
+    reason_option(p)
 
     p = commands.add(
         "transfer",
@@ -50,6 +59,7 @@ def register(commands: Commands) -> None:
     )
     device_arguments(p)
     p.add_argument("--to", required=True, metavar="OWNER", help="the new owner")
+    reason_option(p)
 
     p = commands.add(
         "reenable",
@@ -66,6 +76,7 @@ def register(commands: Commands) -> None:
         metavar="DURATION",
         help="how long the window stays open (default: the model's window)",
     )
+    reason_option(p)
 
     p = commands.add(
         "revoke",
@@ -76,11 +87,14 @@ def register(commands: Commands) -> None:
         "until the device is re-enabled.",
     )
     device_arguments(p)
+    reason_option(p)
 
 
 @admin_command()
 async def _claim(admin: Admin, args: argparse.Namespace) -> None:
-    result = await admin.claim(args.vendor, args.model, args.identifier, owner=args.owner)
+    result = await admin.claim(
+        args.vendor, args.model, args.identifier, owner=args.owner, reason=args.reason
+    )
     if result.already_yours:
         print(f"{result.identifier} is already claimed by {args.owner}")
     else:
@@ -92,14 +106,18 @@ async def _claim(admin: Admin, args: argparse.Namespace) -> None:
 
 @admin_command()
 async def _release(admin: Admin, args: argparse.Namespace) -> None:
-    result = await admin.release(args.vendor, args.model, args.identifier, owner=args.owner)
+    result = await admin.release(
+        args.vendor, args.model, args.identifier, owner=args.owner, reason=args.reason
+    )
     print(f"released {result.identifier} by {args.owner}; its key is no longer valid")
     _warn_if_login_lingers(result)
 
 
 @admin_command()
 async def _transfer(admin: Admin, args: argparse.Namespace) -> None:
-    result = await admin.transfer(args.vendor, args.model, args.identifier, to=args.to)
+    result = await admin.transfer(
+        args.vendor, args.model, args.identifier, to=args.to, reason=args.reason
+    )
     then = (
         "it stays revoked"
         if result.previous_state == "revoked"
@@ -112,7 +130,7 @@ async def _transfer(admin: Admin, args: argparse.Namespace) -> None:
 @admin_command()
 async def _reenable(admin: Admin, args: argparse.Namespace) -> None:
     result = await admin.reenable(
-        args.vendor, args.model, args.identifier, window_seconds=args.window
+        args.vendor, args.model, args.identifier, window_seconds=args.window, reason=args.reason
     )
     print(
         f"re-enabled {result.identifier}; activation window open until "
@@ -122,7 +140,7 @@ async def _reenable(admin: Admin, args: argparse.Namespace) -> None:
 
 @admin_command()
 async def _revoke(admin: Admin, args: argparse.Namespace) -> None:
-    result = await admin.revoke(args.vendor, args.model, args.identifier)
+    result = await admin.revoke(args.vendor, args.model, args.identifier, reason=args.reason)
     print(f"revoked {result.identifier}; activation answers 'revoked' until re-enabled")
     _warn_if_login_lingers(result)
 

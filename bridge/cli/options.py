@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from bridge.config import Settings, load_settings
+from bridge.text import REASON_MAX
 
 #: A command's handler: the parsed arguments in, the exit status out.
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -125,6 +126,15 @@ def device_arguments(parser: argparse.ArgumentParser) -> None:
     model_arguments(parser)
     parser.add_argument(
         "identifier", metavar="IDENTIFIER", help="the number on the device's sticker, any spelling"
+    )
+
+
+def reason_option(parser: argparse.ArgumentParser) -> None:
+    """``--reason TEXT``: why, kept in the audit row of the change."""
+    parser.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help=f"why; recorded in the audit log (1 to {REASON_MAX} printable characters)",
     )
 
 

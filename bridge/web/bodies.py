@@ -32,6 +32,22 @@ _END = f"[^/\\u0000-\\u001f\\u007f-\\u009f{SPACES}]"
 _SOLO = f"[^./\\u0000-\\u001f\\u007f-\\u009f{SPACES}]"  # ... alone, or first before a second
 NEW_NAME: Final = f"^(?:{_SOLO}|{_SOLO}{_END}|\\.{_SOLO}|{_END}{_ANY}+{_END})$"
 
+#: Control characters (C0, DEL, C1) as the inside of a JSON Schema character class.
+CONTROLS: Final = "\\u0000-\\u001f\\u007f-\\u009f"
+#: Free text shown to people (text.check_text): printable, not only spaces; that it holds
+#: no invisible (format, unassigned) character is said in words.
+SHOWN_TEXT: Final = f"^[^{CONTROLS}]*[^{CONTROLS}{SPACES}][^{CONTROLS}]*$"
+
+
+def shown_text(limit: int, description: str) -> object:
+    """The ``Field`` of free text shown to people: 1 to ``limit`` characters, :data:`SHOWN_TEXT`."""
+    return Field(
+        min_length=1,
+        max_length=limit,
+        description=description,
+        json_schema_extra={"pattern": SHOWN_TEXT},
+    )
+
 
 def _json_integer(value: object) -> object:
     # JSON's integers only, as the document says: pydantic alone would also take "5" or true.
@@ -72,6 +88,18 @@ Number = Annotated[
     AfterValidator(printable),
 ]
 
+#: Why a lifecycle change was made: kept in its audit row (a device's owner reads it in
+#: their history). One definition for every action that takes one, resolve's included.
+Reason = Annotated[
+    str,
+    shown_text(
+        text.REASON_MAX,
+        "why, recorded in the audit log (an owner reads it in their history); "
+        "no invisible character",
+    ),
+    AfterValidator(printable),
+]
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -99,6 +127,7 @@ class ClaimRequest(_Body):
     vendor: Name
     model: Name
     identifier: Number
+    reason: Reason | None = None
 
 
 class Device(_Body):
@@ -177,6 +206,7 @@ class Model(_Body):
 
 class ApproveRequest(_Body):
     identifiers: list[Number] = Field(min_length=1, max_length=10_000)
+    reason: Reason | None = None
 
 
 class ApproveResponse(_Body):
@@ -205,6 +235,7 @@ class BulkApproveRequest(_Body):
         f"{BULK_MAX_ROWS:,} rows and {BULK_MAX_IDENTIFIERS:,} identifiers in all",
     )
     dry_run: JsonBool = False
+    reason: Reason | None = None
 
 
 class Refused(_Body):
@@ -225,6 +256,7 @@ class BulkApproveResponse(_Body):
 class UnapproveRequest(_Body):
     identifiers: list[Number] = Field(min_length=1, max_length=10_000)
     force: JsonBool = Field(default=False, description="also remove claimed or activated devices")
+    reason: Reason | None = None
 
 
 class UnapproveResponse(_Body):
@@ -242,12 +274,19 @@ class ActionResponse(_Body):
     device: Device
 
 
+class ActionRequest(_Body):
+    """The optional body of a release, revoke or re-enable: the request may carry none."""
+
+    reason: Reason | None = None
+
+
 class TransferRequest(_Body):
     to: Annotated[
         str,
         Field(min_length=1, max_length=text.PERSON_MAX, json_schema_extra={"pattern": PRINTABLE}),
         AfterValidator(printable),
     ]
+    reason: Reason | None = None
 
 
 class AuditEntryBody(_Body):

@@ -35,7 +35,7 @@ async def approve(
     """Approve identifiers (up to 10,000 per request); all or nothing on a bad one."""
     ctx.vendor_scope("approve devices")
     await ctx.own_model(vendor, model)
-    report = await ctx.admin.approve(vendor, model, body.identifiers)
+    report = await ctx.admin.approve(vendor, model, body.identifiers, reason=body.reason)
     return ApproveResponse(added=report.added, already=report.already)
 
 
@@ -63,7 +63,12 @@ async def bulk_approve(
             f"{BULK_MAX_IDENTIFIERS:,}; split them over several requests."
         )
     report = await ctx.admin.approve_rows(
-        vendor, model, enumerate(body.rows, start=1), dry_run=body.dry_run, source="api"
+        vendor,
+        model,
+        enumerate(body.rows, start=1),
+        dry_run=body.dry_run,
+        source="api",
+        reason=body.reason,
     )
     return BulkApproveResponse(
         added=report.added,
@@ -87,7 +92,9 @@ async def unapprove(
     """Take identifiers off the approval list; devices in use need ``force`` (else 409)."""
     ctx.vendor_scope("unapprove devices")
     row = await ctx.own_model(vendor, model)
-    report = await ctx.admin.unapprove(vendor, model, body.identifiers, force=body.force)
+    report = await ctx.admin.unapprove(
+        vendor, model, body.identifiers, force=body.force, reason=body.reason
+    )
     return UnapproveResponse(
         removed=[identifiers.display(row.kind, i) for i in report.removed],
         missing=[identifiers.display(row.kind, i) for i in report.missing],

@@ -1,6 +1,7 @@
 """Devices: claiming one, an owner's list, one device, and its lifecycle (release, revoke,
 re-enable, transfer). Each transition is Admin's; a route checks who may ask and says
-what happened in one sentence.
+what happened in one sentence. Every action takes an optional ``reason``, kept in its
+audit row; release, revoke and re-enable need no body at all.
 
 Each route looks its model up once and hands the row on (:meth:`Admin.device_of`), so
 a request reads the model at most twice (once more inside the transition itself).
@@ -15,6 +16,7 @@ from bridge.errors import NotFound
 from bridge.records import DeviceRow, ModelRow
 from bridge.tokens import Role
 from bridge.web.bodies import (
+    ActionRequest,
     ActionResponse,
     ClaimRequest,
     ClaimResponse,
@@ -45,7 +47,12 @@ async def claim(body: ClaimRequest, ctx: Ctx) -> ClaimResponse:
     """
     owner = ctx.owner("claim devices")
     result = await ctx.admin.throttled_claim(
-        body.vendor, body.model, body.identifier, owner=owner, token_id=ctx.principal.token_id
+        body.vendor,
+        body.model,
+        body.identifier,
+        owner=owner,
+        token_id=ctx.principal.token_id,
+        reason=body.reason,
     )
     model = await ctx.admin.model(body.vendor, body.model)
     device = device_body(await _device(ctx, model, result.identifier), model.kind)
@@ -94,17 +101,21 @@ async def show_device(
 @router.post(
     "/devices/{vendor}/{model}/{identifier}/release",
     response_model=ActionResponse,
-    responses=error_responses(403, 404, 409),
+    responses=error_responses(403, 404, 409, body=True),
     tags=["owner"],
 )
 async def release(
-    vendor: VendorPath, model: ModelPath, identifier: NumberPath, ctx: Ctx
+    vendor: VendorPath,
+    model: ModelPath,
+    identifier: NumberPath,
+    ctx: Ctx,
+    body: ActionRequest | None = None,
 ) -> ActionResponse:
     """Give a device of mine up: its key stops working and anyone may claim it."""
     owner = ctx.owner("release devices")
     row = await ctx.admin.model(vendor, model)
     await _owned_device(ctx, row, identifier)
-    result = await ctx.admin.release(vendor, model, identifier, owner=owner)
+    result = await ctx.admin.release(vendor, model, identifier, owner=owner, reason=_why(body))
     return ActionResponse(
         message=f"The {_named(row, result.identifier)} is no longer in your account; its key "
         "stopped working and anyone may now claim it.",
@@ -118,16 +129,20 @@ async def release(
 @router.post(
     "/devices/{vendor}/{model}/{identifier}/revoke",
     response_model=ActionResponse,
-    responses=error_responses(403, 404, 409),
+    responses=error_responses(403, 404, 409, body=True),
     tags=["vendor"],
 )
 async def revoke(
-    vendor: VendorPath, model: ModelPath, identifier: NumberPath, ctx: Ctx
+    vendor: VendorPath,
+    model: ModelPath,
+    identifier: NumberPath,
+    ctx: Ctx,
+    body: ActionRequest | None = None,
 ) -> ActionResponse:
     """The device's key stops being valid now; it cannot activate until re-enabled."""
     ctx.vendor_scope("revoke keys")
     row = await ctx.own_model(vendor, model)
-    result = await ctx.admin.revoke(vendor, model, identifier)
+    result = await ctx.admin.revoke(vendor, model, identifier, reason=_why(body))
     return ActionResponse(
         message=f"The key of the {_named(row, result.identifier)} was revoked; the device "
         "cannot activate until it is re-enabled.",
@@ -141,18 +156,22 @@ async def revoke(
 @router.post(
     "/devices/{vendor}/{model}/{identifier}/reenable",
     response_model=ActionResponse,
-    responses=error_responses(403, 404, 409),
+    responses=error_responses(403, 404, 409, body=True),
     tags=["owner", "vendor"],
 )
 async def reenable(
-    vendor: VendorPath, model: ModelPath, identifier: NumberPath, ctx: Ctx
+    vendor: VendorPath,
+    model: ModelPath,
+    identifier: NumberPath,
+    ctx: Ctx,
+    body: ActionRequest | None = None,
 ) -> ActionResponse:
     """Open a new activation window (after a factory reset); the next activation
     issues a new key. An owner re-enables only their own devices."""
     row = await ctx.own_model(vendor, model)
     if ctx.role is Role.OWNER:
         await _owned_device(ctx, row, identifier)
-    result = await ctx.admin.reenable(vendor, model, identifier)
+    result = await ctx.admin.reenable(vendor, model, identifier, reason=_why(body))
     return ActionResponse(
         message=f"A new activation window is open for the {_named(row, result.identifier)} "
         f"for {_span(row.window_seconds)}; switch the device on to activate it again.",
@@ -173,7 +192,7 @@ async def transfer(
     revoked (it no longer opens the broker) and the new owner's activation window opens."""
     ctx.admin_only("transfer devices")
     row = await ctx.admin.model(vendor, model)
-    result = await ctx.admin.transfer(vendor, model, identifier, to=body.to)
+    result = await ctx.admin.transfer(vendor, model, identifier, to=body.to, reason=body.reason)
     then = (
         "it stays revoked"
         if result.previous_state == "revoked"
@@ -184,6 +203,11 @@ async def transfer(
         f"(it was {result.previous_owner}'s); {then}.",
         device=await _device_now(ctx, row, result.identifier),
     )
+
+
+def _why(body: ActionRequest | None) -> str | None:
+    """The reason an action's optional body gives, if it has a body at all."""
+    return body.reason if body is not None else None
 
 
 async def _device(ctx: Caller, model: ModelRow, number: str) -> DeviceRow:

@@ -29,7 +29,7 @@ from bridge.records import ModelRow
 from bridge.support import SupportDesk
 from bridge.text import printable
 from bridge.tokens import Role
-from bridge.web.bodies import SPACES
+from bridge.web.bodies import CONTROLS, SPACES, Reason, shown_text
 from bridge.web.context import Caller, Ctx
 from bridge.web.params import ModelPath, NumberPath, OwnerQuery, VendorPath
 from bridge.web.refusals import error_responses
@@ -102,30 +102,10 @@ class DiagnosisBody(_Body):
     attempts_elsewhere: list[StrayBody]
 
 
-#: Free text shown to people (text.check_text): printable, not only spaces; that it holds
-#: no invisible (format, unassigned) character is said in words.
-_CTRL = "\\u0000-\\u001f\\u007f-\\u009f"
-SHOWN_TEXT = f"^[^{_CTRL}]*[^{_CTRL}{SPACES}][^{_CTRL}]*$"
-
-
-def _shown(limit: int, description: str) -> object:
-    return Field(
-        min_length=1,
-        max_length=limit,
-        description=description,
-        json_schema_extra={"pattern": SHOWN_TEXT},
-    )
-
-
-Reason = Annotated[
-    str,
-    _shown(text.REASON_MAX, "shown in the owner's history; no invisible character"),
-    AfterValidator(printable),
-]
 #: A new owner's name as support types it: printable, no space at either end; that it
 #: holds no invisible character or odd space is said in words.
-_EDGE = f"[^{_CTRL}{SPACES}]"
-OWNER_NAME = f"^{_EDGE}(?:[^{_CTRL}]*{_EDGE})?$"
+_EDGE = f"[^{CONTROLS}{SPACES}]"
+OWNER_NAME = f"^{_EDGE}(?:[^{CONTROLS}]*{_EDGE})?$"
 OwnerName = Annotated[
     str,
     Field(
@@ -185,7 +165,7 @@ class ContactBody(_Body):
 
 Contact = Annotated[
     str,
-    _shown(text.CONTACT_MAX, "shown to owners beside refusals; no invisible character"),
+    shown_text(text.CONTACT_MAX, "shown to owners beside refusals; no invisible character"),
     AfterValidator(printable),
 ]
 
