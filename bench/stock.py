@@ -57,6 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.services, 
 
 from activations import MODEL, VENDOR, insert_claimed, with_database
 
+from bridge.db.activations import ACTIVATE_STATEMENT, statement_arguments
+from bridge.records import Activation, AuditTally, RateLimit
 from bridge.store import Store
 from tests import services
 
@@ -200,7 +202,7 @@ class Run:
     def line(self) -> str:
         head = f"{self.target:<10} {self.kind:<7} {self.ok:>6}/{self.offered:<6} {self.rate:7.0f}/s"
         if self.kind == "latency":
-            head += f"  p50 {self.pct(0.5):6.1f} ms  p99 {self.pct(0.99):6.1f} ms"
+            head += f"  p50 {self.pct(0.5):6.2f} ms  p99 {self.pct(0.99):6.2f} ms"
         cost = "  ".join(
             f"{k} {v:.0f}" if k.endswith("_us") else f"{k} {v:.2f}"
             for k, v in self.per_activation.items()
@@ -389,6 +391,68 @@ class Bench:
         return counts["replies"], counts["ok"], seconds, lat
 
 
+# -- the latency floor: the database alone, at the latency run's rate ---------------
+
+
+async def db_floor(
+    dsn: str, identifiers: list[str], rate: float, what: str
+) -> tuple[int, int, float, list[float]]:
+    """The database's own part of an activation, open loop at ``rate`` on one connection.
+
+    ``what`` is ``activation`` (the bridge's own ``bridge_activate`` statement, arguments
+    shaped like the bridge's, one transaction each) or ``commit`` (one row inserted and
+    committed: the least a durable decision costs). Timed like the latency run, from each
+    call's due time. No MQTT and no Python work beyond the driver: a bridge cannot answer
+    faster than the echo's round trip plus this.
+    """
+    limit, tally = RateLimit(), AuditTally()
+    conn = await asyncpg.connect(dsn)
+    lat: list[float] = []
+    try:
+        model_id = await conn.fetchval(
+            "SELECT id FROM models WHERE vendor = $1 AND model = $2", VENDOR, MODEL
+        )
+        await conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (at timestamptz, n integer)")
+        key_hash, reply = os.urandom(32), os.urandom(198)  # a plain-key reply's size, sealed
+        started_at = time.perf_counter()
+        for k, identifier in enumerate(identifiers):
+            due = started_at + k / rate
+            pause = due - time.perf_counter()
+            if pause > 0:
+                # Blocking on purpose: asyncio's timers wake up to a millisecond late, which
+                # would count as database time. Nothing else runs on this loop.
+                time.sleep(pause)  # noqa: ASYNC251
+            if what == "commit":
+                await conn.execute("INSERT INTO bench_floor VALUES (now(), $1)", k)
+            else:
+                activation = Activation(
+                    client_id=f"floor-{k}",
+                    client_limit=limit.failures,
+                    device_logins=False,
+                    grace_seconds=600,
+                    identifier=identifier,
+                    identifier_limit=limit.identifier_failures,
+                    key_hash=key_hash,
+                    key_id="benchkeyid",
+                    model_id=model_id,
+                    model_limit=limit.model_failures,
+                    presented=identifier,
+                    reply=reply,
+                    request_id=f"f{k}",
+                    window_seconds=limit.window_seconds,
+                )
+                row = await conn.fetchrow(
+                    ACTIVATE_STATEMENT, *statement_arguments(activation, tally)
+                )
+                if row is None or row["code"] != "ok":
+                    continue
+            lat.append(1000 * (time.perf_counter() - due))
+        seconds = time.perf_counter() - started_at
+    finally:
+        await conn.close()
+    return len(identifiers), len(lat), seconds, lat
+
+
 @contextlib.contextmanager
 def started(
     argv: list[str], env: dict[str, str], log: Path, marker: str
@@ -464,6 +528,7 @@ class Target:
     prefix: str
     db: str | None  # which database the bridge uses; None for the echo
     fresh: Identifiers | None = None
+    alone: bool = False  # the database alone (db_floor): no process of its own to count
 
     @property
     def echo(self) -> bool:
@@ -473,6 +538,8 @@ class Target:
         """Label -> process group whose CPU counts for this target."""
         if self.db is None:
             return {"own": self.name, "mosquitto": "mosquitto"}
+        if self.alone:
+            return {"postgres": f"postgres@{self.db}"}
         return {"own": self.name, "postgres": f"postgres@{self.db}", "mosquitto": "mosquitto"}
 
     def identifiers(self, n: int, tag: str) -> list[str]:
@@ -522,7 +589,7 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     needed = len(variants) * (
         args.repeat * (2 * args.requests + int(args.rate * args.latency_seconds))
         + 2 * args.cost_requests
-    )
+    ) + args.repeat * 2 * int(args.rate * args.latency_seconds)  # the database floors
     size = max(args.size, int(needed * 1.05))
     results: list[Run] = []
     with contextlib.ExitStack() as stack:
@@ -538,6 +605,7 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         targets: list[Target] = []
         described: dict[str, str] = {}
         conns: dict[str, asyncpg.Connection] = {}
+        dsns: dict[str, str] = {}
         n = 0
         for kind in args.db:
             admin_url, pg_pid, described[kind] = stack.enter_context(database(kind))
@@ -547,6 +615,7 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                   f"{time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
             pids[f"postgres@{kind}"] = [pg_pid]
             conns[kind] = await asyncpg.connect(dsn)
+            dsns[kind] = dsn
             fresh = Identifiers(size)
             env = {**os.environ, "BRIDGE_DATABASE_URL": dsn, "BRIDGE_MQTT_URL": mqtt_url,
                    "BRIDGE_SECRET": secret}  # fmt: skip
@@ -603,6 +672,18 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         target, "latency", len(ids),
                         lambda t=target, i=ids: bench.latency_run(t.prefix, i, t.echo),
                     )  # fmt: skip
+                for kind in args.db:
+                    fresh = next(t.fresh for t in targets if t.db == kind)
+                    assert fresh is not None
+                    for what in ("activation", "commit"):
+                        ids = fresh.take(int(args.rate * args.latency_seconds))
+                        floor = Target(f"db {what}@{kind}", "", kind, alone=True)
+                        await measured(
+                            floor, "latency", len(ids),
+                            lambda k=kind, i=ids, w=what: asyncio.run(
+                                db_floor(dsns[k], i, args.rate, w)
+                            ),
+                        )  # fmt: skip
                 print(f"   (repetition {rep + 1} of {args.repeat} done)", flush=True)
             counters = await settled_counters(args, targets[1:], procs, conns, bench)
             hwm = {t.name: round(max(tree_hwm_mb(p) for p in pids[t.name]), 1) for t in targets[1:]}
@@ -677,17 +758,17 @@ def table(report: dict[str, Any]) -> str:
         c50 = med(name, "c50", lambda r: r.rate)
         b50, b99 = med(name, "latency", p50), med(name, "latency", p99)
         other = median([r.other_cores for r in runs if r.target == name])
-        rows.append(
-            f"| {name} | {c1:.0f} | {c1 / e1:.2f} | {c50:.0f} | {c50 / e50:.2f} | "
-            f"{b50:.1f} | {b50 / l50:.2f} | {b99:.1f} | {b99 / l99:.2f} | {other:.2f} |"
-        )
+        cells = [c1, c1 / e1, c50, c50 / e50, b50, b50 / l50, b99, b99 / l99, other]
+        shapes = [".0f", ".2f", ".0f", ".2f", ".2f", ".2f", ".1f", ".2f", ".2f"]
+        shown = ["-" if math.isnan(v) else format(v, f) for v, f in zip(cells, shapes, strict=True)]
+        rows.append(f"| {name} | " + " | ".join(shown) + " |")
     rows.append("")
     rows.append("All runs, /s: " + "; ".join(
         f"{n} {k}: " + ", ".join(f"{r.rate:.0f}" for r in of(n, k))
         for n in names for k in ("c1", "c50")
     ))  # fmt: skip
     rows.append("All latency runs, p50/p99 ms: " + "; ".join(
-        f"{n}: " + ", ".join(f"{r.pct(0.5):.1f}/{r.pct(0.99):.1f}" for r in of(n, "latency"))
+        f"{n}: " + ", ".join(f"{r.pct(0.5):.2f}/{r.pct(0.99):.1f}" for r in of(n, "latency"))
         for n in names
     ))  # fmt: skip
     rows.append(f"Bridge peak RSS (VmHWM, MB): {report['bridge_hwm_mb']}")

@@ -47,15 +47,20 @@ LANGUAGE sql AS $$
 $$;
 
 -- The failures counted against (scope, subject) in its open window and the seconds
--- left in it; NULLs when no window is open. Reads only.
+-- left in it; NULLs when no window is open. Reads only. In plpgsql, not SQL: a SQL
+-- function that returns a row cannot be inlined, and PostgreSQL plans its query again
+-- on every call (a third of bridge_activate's own time, docs/performance.md); plpgsql
+-- keeps the plan for the session.
 CREATE OR REPLACE FUNCTION bridge_counted(p_scope text, p_subject text, p_window integer,
                                           OUT failures integer, OUT retry_after integer)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
     SELECT c.failures, bridge_retry_after(c.window_start, p_window)
+      INTO failures, retry_after
       FROM attempt_counters c
      WHERE c.scope = p_scope AND c.subject = p_subject
-       AND c.window_start + make_interval(secs => p_window) > now()
-$$;
+       AND c.window_start + make_interval(secs => p_window) > now();
+END $$;
 
 -- Count one failure against a counter that many client ids share (an identifier, a
 -- model, a tally budget), and return the count before it and the seconds left in its
