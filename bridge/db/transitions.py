@@ -56,7 +56,7 @@ class Transitions(Pooled):
             raise Unavailable(
                 "An approval file is being imported into this model; try again when the "
                 "import has finished.",
-                retry_after=10,
+                retry_after=5,
             ) from exc
         return row["added"], row["already"]
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 
@@ -154,6 +155,30 @@ async def test_approvals_beside_a_bulk_import_never_deadlock(
         await asyncio.gather(*work)
     assert outcomes == {"import": 30, "approve": 180}
     assert await _audited(database_url, "approve") == 30 * 100
+
+
+async def test_an_approval_waits_for_an_import_a_while_then_is_unavailable(
+    store: Store, database_url: str
+) -> None:
+    """Approvals take turns with the model's imports: one that meets an import waits for
+    it, up to 5 s, then is told why it was not done; after the import it goes through."""
+    model = await _acme(store)
+    importer = await asyncpg.connect(database_url)
+    try:
+        async with importer.transaction():
+            await importer.execute("SELECT bridge_bulk_approve_begin($1)", model.id)
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as refused:
+                await store.approve(model, [("W1", "W1")], actor="t")
+            waited = time.monotonic() - started
+    finally:
+        await importer.close()
+    assert 4.5 < waited < 10
+    assert refused.value.message == (
+        "An approval file is being imported into this model; try again when the import "
+        "has finished."
+    )
+    assert await store.approve(model, [("W1", "W1")], actor="t") == (1, 0)
 
 
 async def test_unapprovals_beside_activation_batches_are_never_lost_to_a_deadlock(

@@ -2,7 +2,7 @@
 -- The window rule decides whether the activation window opens now (a model without a
 -- claim step) or at the claim. (canonical, look-alike) pairs arrive as two arrays; an
 -- identifier approved before is left as it is and counted in `already`. An import into
--- the model in progress (bulk_approve.sql) is waited for, up to 10 s (then
+-- the model in progress (bulk_approve.sql) is waited for, up to 5 s (then
 -- lock_not_available); identifiers are inserted in order, so that two approvals of
 -- one list, each waiting for a row the other inserted and has not committed, cannot
 -- deadlock.
@@ -20,7 +20,7 @@ DECLARE
     v_identifier  text;
     v_lock_wait   text := current_setting('lock_timeout');
 BEGIN
-    PERFORM set_config('lock_timeout', '10s', true);
+    PERFORM set_config('lock_timeout', '5s', true);
     PERFORM bridge_lock_imports(p_model_id, false);
     PERFORM set_config('lock_timeout', v_lock_wait, true);
     SELECT * INTO m FROM models WHERE models.id = p_model_id;
