@@ -138,16 +138,27 @@ class Transitions(Pooled):
         actor: str,
         reason: str | None = None,
     ) -> UnapproveOutcome:
-        """Remove identifiers; devices in use are left alone (all of them) unless ``force``."""
-        async with reachable():
-            rows = await self._pool.fetch(
-                "SELECT * FROM bridge_unapprove($1, $2, $3, $4, $5)",
-                model.id,
-                list(identifiers),
-                force,
-                actor,
-                reason,
-            )
+        """Remove identifiers; devices in use are left alone (all of them) unless ``force``.
+
+        It waits for devices busy in another transaction (an activation), for a while
+        (schemas/functions/transitions/unapprove.sql); then :class:`Unavailable`.
+        """
+        try:
+            async with reachable():
+                rows = await self._pool.fetch(
+                    "SELECT * FROM bridge_unapprove($1, $2, $3, $4, $5)",
+                    model.id,
+                    list(identifiers),
+                    force,
+                    actor,
+                    reason,
+                )
+        except asyncpg.LockNotAvailableError as exc:
+            raise Unavailable(
+                "Some of these devices stayed busy (being activated or changed) for seconds; "
+                "nothing was unapproved, try again.",
+                retry_after=5,
+            ) from exc
         listed = [r for r in rows if r["listed"]]
         return UnapproveOutcome(
             removed=[r["identifier"] for r in listed if r["removed"]],

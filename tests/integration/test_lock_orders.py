@@ -216,6 +216,40 @@ async def test_unapprovals_beside_activation_batches_are_never_lost_to_a_deadloc
     assert await _audited(database_url, "activate") == 2850
 
 
+async def test_an_unapproval_waits_for_a_busy_device_a_while_then_is_unavailable(
+    store: Store, database_url: str
+) -> None:
+    """An unapproval waits, holding none of its devices, while one is busy; after 5 s it
+    is told so and nothing was removed; once the device is free it goes through."""
+    model = await _acme(store)
+    await store.approve(model, [("V1", "V1"), ("V2", "V2")], actor="t")
+    busy = await asyncpg.connect(database_url)
+    try:
+        async with busy.transaction():
+            await busy.execute("SELECT 1 FROM devices WHERE identifier = 'V2' FOR UPDATE")
+            started = time.monotonic()
+            unapproval = asyncio.create_task(
+                store.unapprove(model, ["V1", "V2"], force=False, actor="t")
+            )
+            await asyncio.sleep(1)
+            # It holds none while it waits: V1 is free for anyone else (a savepoint, so
+            # that this session keeps holding V2 whatever the answer).
+            async with busy.transaction():
+                free = await busy.fetchval(
+                    "SELECT identifier FROM devices WHERE identifier = 'V1' FOR UPDATE NOWAIT"
+                )
+            with pytest.raises(Unavailable) as refused:
+                await unapproval
+            waited = time.monotonic() - started
+    finally:
+        await busy.close()
+    assert free == "V1"
+    assert 4.5 < waited < 10
+    assert "nothing was unapproved" in refused.value.message
+    removed = await store.unapprove(model, ["V1", "V2"], force=False, actor="t")
+    assert removed.removed == ["V1", "V2"]
+
+
 async def test_housekeeping_beside_activations_never_deadlocks(
     store: Store, database_url: str
 ) -> None:

@@ -19,12 +19,14 @@ DECLARE
     v_owners   text[];
     v_in_use   boolean[];
     v_refused  boolean;
+    v_started  timestamptz := clock_timestamp();
 BEGIN
     SELECT * INTO m FROM models WHERE models.id = p_model_id;
     -- All the devices at once, or none: a batch of activations locks devices in the
     -- order of its client ids (bridge/db/activations.py), so holding some while waiting
     -- for the next could close a cycle with it (PostgreSQL then rolled one back, often
-    -- this). While one is busy, this waits holding none (the block's locks go with it).
+    -- this). While one is busy, this waits holding none (the block's locks go with it),
+    -- up to 5 s (then lock_not_available).
     LOOP
         BEGIN
             v_locked := ARRAY(SELECT d FROM devices d
@@ -34,6 +36,9 @@ BEGIN
                                  FOR UPDATE NOWAIT);
             EXIT;
         EXCEPTION WHEN lock_not_available THEN
+            IF clock_timestamp() > v_started + interval '5 seconds' THEN
+                RAISE;
+            END IF;
             PERFORM pg_sleep(0.005 + random() * 0.01);
         END;
     END LOOP;
