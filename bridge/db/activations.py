@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from typing import Any
 
 import asyncpg
@@ -131,28 +132,27 @@ class ActivationBatcher:
             self._active -= 1
 
     async def _decide(self, batch: list[Activation]) -> list[ActivationOutcome]:
-        if len(batch) > 1:
-            try:
-                return await self._decide_many(batch)
-            except asyncpg.DeadlockDetectedError:
-                # Each activation locks its client id (an advisory lock) and its device,
-                # then, when it fails, the counters of its identifier and model. A batch
-                # holds what its first rows locked while its later rows wait, so two
-                # batches (or a batch and a single activation) can wait on each other.
-                # PostgreSQL then rolls one back whole, so deciding again is safe: one
-                # by one, where no batch order is involved.
-                pass
-        return [await self._decide_alone(args) for args in batch]
-
-    async def _decide_alone(self, args: Activation) -> ActivationOutcome:
-        # Alone, it can still meet a batch that holds what it needs.
-        return await retrying_deadlocks(lambda: self._decide_one(args))
+        # Outside the retries: only a deadlock they did not get past becomes Unavailable.
+        async with reachable():
+            if len(batch) > 1:
+                try:
+                    return await self._decide_many(batch)
+                except asyncpg.DeadlockDetectedError:
+                    # Each activation locks its client id (an advisory lock) and its
+                    # device, then, when it fails, the counters of its identifier and
+                    # model. A batch holds what its first rows locked while its later rows
+                    # wait, so two batches (or a batch and a single activation) can wait
+                    # on each other. PostgreSQL then rolls one back whole, so deciding
+                    # again is safe: one by one, where no batch order is involved.
+                    pass
+            # Alone, each can still meet a batch that holds what it needs.
+            return [
+                await retrying_deadlocks(functools.partial(self._decide_one, args))
+                for args in batch
+            ]
 
     async def _decide_one(self, args: Activation) -> ActivationOutcome:
-        async with reachable():
-            row = await self._pool.fetchrow(
-                ACTIVATE_STATEMENT, *statement_arguments(args, self._tally)
-            )
+        row = await self._pool.fetchrow(ACTIVATE_STATEMENT, *statement_arguments(args, self._tally))
         assert row is not None  # the function always returns one row
         return _outcome(row)
 
@@ -164,10 +164,9 @@ class ActivationBatcher:
             key=lambda i: (batch[i].client_id, batch[i].model_id, batch[i].identifier),
         )
         columns = [[getattr(batch[i], name) for i in order] for name, _ in _FIELDS]
-        async with reachable():
-            rows = await self._pool.fetch(
-                _ACTIVATE_MANY, *columns, self._tally.clients, self._tally.window_seconds
-            )
+        rows = await self._pool.fetch(
+            _ACTIVATE_MANY, *columns, self._tally.clients, self._tally.window_seconds
+        )
         outcomes: list[ActivationOutcome | None] = [None] * len(batch)
         for row in rows:
             outcomes[order[row["n"] - 1]] = _outcome(row)
@@ -257,12 +256,20 @@ class Activations(Pooled):
     async def purge_attempts(self, window_seconds: int) -> int:
         """Forget attempt counters whose window has closed; returns how many.
 
-        Tally budgets (scope ``tally``) run over the audit tally's window instead.
+        Tally budgets (scope ``tally``) run over the audit tally's window instead. It
+        takes the rows no one holds and waits for none: deleting in the table's order, it
+        waited for a counter an activation held (to count a failure in a new window)
+        while that activation waited for another counter the purge had deleted but not
+        committed, and PostgreSQL rolled the purge back (the bridge's housekeeping, which
+        expects only ``Unavailable``, ended the bridge with it). A row busy now is being
+        written: its window opens again, or the next purge takes it.
         """
         async with reachable():
             status = await self._pool.execute(
-                "DELETE FROM attempt_counters WHERE window_start + make_interval(secs => "
-                "CASE WHEN scope = 'tally' THEN $2::integer ELSE $1::integer END) <= now()",
+                "DELETE FROM attempt_counters WHERE (scope, subject) IN ("
+                "SELECT scope, subject FROM attempt_counters WHERE window_start "
+                "+ make_interval(secs => CASE WHEN scope = 'tally' THEN $2::integer "
+                "ELSE $1::integer END) <= now() FOR UPDATE SKIP LOCKED)",
                 window_seconds,
                 self._tally.window_seconds,
             )

@@ -1,8 +1,9 @@
 """Connecting to PostgreSQL: the pool, multi-host failover, pooler options.
 
 Driver errors that mean "the database cannot be reached now" are translated here, once,
-into :class:`bridge.errors.Unavailable` (:func:`reachable`); anything else from the
-driver is a bug and propagates.
+into :class:`bridge.errors.Unavailable` (:func:`reachable`); so is a deadlock that
+sending the statement again did not get past (:func:`retrying_deadlocks`). Anything else
+from the driver is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -115,14 +116,18 @@ DEADLOCK_RETRIES = 3
 
 async def retrying_deadlocks(call: Callable[[], Awaitable[_T]]) -> _T:
     """Run ``call`` (one statement, its own transaction) again when PostgreSQL chose it
-    to break a deadlock.
+    to break a deadlock; called inside :func:`reachable`, which answers ``Unavailable``
+    for the last one.
 
-    The device path's statements each lock their client id first, then shared counters
-    (throttle.sql) and rows; a batch of activations holds some of those while it waits
-    for the next row's client id, so a single refusal or activation can close a cycle
-    with it. PostgreSQL rolls one of them back whole, so nothing of it was decided or
-    written and sending it again is safe. Without this the device got "internal error"
-    for a deadlock, and its audit row was lost.
+    Some cycles cannot be ruled out by taking locks in one order: the device path's
+    statements each lock their client id first, then shared counters (throttle.sql) and
+    rows, and a batch of activations holds some of those while it waits for the next
+    row's client id, so a single refusal or activation can close a cycle with it; an
+    unapproval locks its devices in identifier order, the batch in client id order; an
+    approval can meet a bulk import's rows. PostgreSQL rolls one of them back whole, so
+    nothing of it was decided or written and sending it again is safe. Without this the
+    device got "internal error" for a deadlock (and its audit row was lost), and the
+    HTTP API answered 500.
     """
     for attempt in range(DEADLOCK_RETRIES):
         try:
@@ -135,11 +140,21 @@ async def retrying_deadlocks(call: Callable[[], Awaitable[_T]]) -> _T:
 
 @contextlib.asynccontextmanager
 async def reachable() -> AsyncIterator[None]:
-    """Translates "the database cannot be reached now" into :class:`Unavailable`."""
+    """Translates "the database cannot be reached now" into :class:`Unavailable`, and a
+    deadlock that got past :func:`retrying_deadlocks` (or where the work is more than
+    one statement, so it is not sent again) too: the database was there, and the
+    request may be repeated as it is; it is no bug.
+    """
     try:
         yield
     except _UNREACHABLE as exc:
         raise Unavailable("The database cannot be reached right now.") from exc
+    except asyncpg.DeadlockDetectedError as exc:
+        raise Unavailable(
+            "The database rolled this request back to break a deadlock with others "
+            "changing the same rows; try again in a second.",
+            retry_after=1,
+        ) from exc
     except asyncpg.exceptions.InternalClientError as exc:
         if not _busy_connection(exc):
             raise

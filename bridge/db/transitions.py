@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from bridge.db.pool import Pooled, reachable
+from bridge.errors import Unavailable
 from bridge.records import ClaimOutcome, LifecycleOutcome, ModelRow, UnapproveOutcome
 
 #: Bulk statements scale with the file, not with a request: they get this long
@@ -37,15 +38,26 @@ class Transitions(Pooled):
         actor: str,
         reason: str | None = None,
     ) -> tuple[int, int]:
-        """Approve (canonical, lookalike) pairs; returns (added, already approved)."""
-        row = await self._one(
-            "SELECT * FROM bridge_approve($1, $2, $3, $4, $5)",
-            model.id,
-            [canonical for canonical, _ in pairs],
-            [lookalike for _, lookalike in pairs],
-            actor,
-            reason,
-        )
+        """Approve (canonical, lookalike) pairs; returns (added, already approved).
+
+        An import into the model in progress is waited for, for a while
+        (schemas/functions/transitions/approve.sql); then :class:`Unavailable`.
+        """
+        try:
+            row = await self._one(
+                "SELECT * FROM bridge_approve($1, $2, $3, $4, $5)",
+                model.id,
+                [canonical for canonical, _ in pairs],
+                [lookalike for _, lookalike in pairs],
+                actor,
+                reason,
+            )
+        except asyncpg.LockNotAvailableError as exc:
+            raise Unavailable(
+                "An approval file is being imported into this model; try again when the "
+                "import has finished.",
+                retry_after=5,
+            ) from exc
         return row["added"], row["already"]
 
     @contextlib.asynccontextmanager
@@ -126,16 +138,27 @@ class Transitions(Pooled):
         actor: str,
         reason: str | None = None,
     ) -> UnapproveOutcome:
-        """Remove identifiers; devices in use are left alone (all of them) unless ``force``."""
-        async with reachable():
-            rows = await self._pool.fetch(
-                "SELECT * FROM bridge_unapprove($1, $2, $3, $4, $5)",
-                model.id,
-                list(identifiers),
-                force,
-                actor,
-                reason,
-            )
+        """Remove identifiers; devices in use are left alone (all of them) unless ``force``.
+
+        It waits for devices busy in another transaction (an activation), for a while
+        (schemas/functions/transitions/unapprove.sql); then :class:`Unavailable`.
+        """
+        try:
+            async with reachable():
+                rows = await self._pool.fetch(
+                    "SELECT * FROM bridge_unapprove($1, $2, $3, $4, $5)",
+                    model.id,
+                    list(identifiers),
+                    force,
+                    actor,
+                    reason,
+                )
+        except asyncpg.LockNotAvailableError as exc:
+            raise Unavailable(
+                "Some of these devices stayed busy (being activated or changed) for seconds; "
+                "nothing was unapproved, try again.",
+                retry_after=5,
+            ) from exc
         listed = [r for r in rows if r["listed"]]
         return UnapproveOutcome(
             removed=[r["identifier"] for r in listed if r["removed"]],

@@ -5,10 +5,29 @@
 -- temporary tables live until the transaction ends. The caller then streams each
 -- batch of (canonical, look-alike) pairs into approve_staging with COPY and calls
 -- bridge_bulk_approve, which approves and audits the batch in one statement.
+
+-- The turns of a model's imports (p_import) and approvals (approve.sql), which share
+-- them and so do not wait for each other. Each batch of an import is sorted, but a
+-- later batch may hold smaller identifiers than an earlier one: an approval beside an
+-- import could hold a row the import waits for while waiting for one the import
+-- inserted, and PostgreSQL broke the deadlock by rolling one back, often the import.
+CREATE OR REPLACE FUNCTION bridge_lock_imports(p_model_id bigint, p_import boolean)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_key integer := (p_model_id % 2147483647)::integer;
+BEGIN
+    IF p_import THEN
+        PERFORM pg_advisory_xact_lock(x'62726964'::integer, v_key);  -- "brid"
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared(x'62726964'::integer, v_key);
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION bridge_bulk_approve_begin(p_model_id bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock(x'62726964'::integer, (p_model_id % 2147483647)::integer);
+    PERFORM bridge_lock_imports(p_model_id, true);
     CREATE TEMPORARY TABLE approve_staging
         (identifier text NOT NULL, lookalike text NOT NULL) ON COMMIT DROP;
     -- What this import has given before: a duplicate costs the database's disk rather

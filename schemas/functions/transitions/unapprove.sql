@@ -1,10 +1,9 @@
 -- Unapprove: identifiers leave a model's approval list, device rows and all. A device
 -- in use (claimed, or no longer merely approved) is removed only with p_force; without
 -- it, if any is in use, nothing is removed and the refusal is audited for those in use.
--- One row per identifier: those on the list in identifier order (the order they are
--- locked in), then those not on it (`listed` false) in the order given. `login`: the
--- client id whose broker login held a removed device's key, for the caller to close
--- after commit.
+-- One row per identifier: those on the list in identifier order, then those not on it
+-- (`listed` false) in the order given. `login`: the client id whose broker login held a
+-- removed device's key, for the caller to close after commit.
 CREATE OR REPLACE FUNCTION bridge_unapprove(
     p_model_id     bigint,
     p_identifiers  text[],
@@ -20,12 +19,29 @@ DECLARE
     v_owners   text[];
     v_in_use   boolean[];
     v_refused  boolean;
+    v_started  timestamptz := clock_timestamp();
 BEGIN
     SELECT * INTO m FROM models WHERE models.id = p_model_id;
-    v_locked := ARRAY(SELECT d FROM devices d
-                       WHERE d.model_id = p_model_id AND d.identifier = ANY(p_identifiers)
-                       ORDER BY d.identifier
-                         FOR UPDATE);
+    -- All the devices at once, or none: a batch of activations locks devices in the
+    -- order of its client ids (bridge/db/activations.py), so holding some while waiting
+    -- for the next could close a cycle with it (PostgreSQL then rolled one back, often
+    -- this). While one is busy, this waits holding none (the block's locks go with it),
+    -- up to 5 s (then lock_not_available).
+    LOOP
+        BEGIN
+            v_locked := ARRAY(SELECT d FROM devices d
+                               WHERE d.model_id = p_model_id
+                                 AND d.identifier = ANY(p_identifiers)
+                               ORDER BY d.identifier
+                                 FOR UPDATE NOWAIT);
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            IF clock_timestamp() > v_started + interval '5 seconds' THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep(0.005 + random() * 0.01);
+        END;
+    END LOOP;
     -- Names are read after the lock, in a statement of their own (see bridge_lock_device).
     v_owners := ARRAY(SELECT o.name
                         FROM unnest(v_locked) WITH ORDINALITY AS l
