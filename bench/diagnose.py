@@ -4,7 +4,8 @@ Builds, in a throwaway embedded PostgreSQL (or BRIDGE_DATABASE_URL, a scratch da
 that this program fills), a vendor with --approved approved MAC addresses (one in ten
 claimed, half of those activated, a hole every 1,000 numbers) and --audit audit rows
 (one approval per number, the claims, successful activations, and device failures of
-every kind spread over 30 days, some without a readable number), with generate_series,
+every kind spread over 30 days, some without a readable number, and a flood of 20,000
+tallied attempt rows on one claimed number), with generate_series,
 indexes built after the load. Then it times Admin.diagnose end to end (every statement
 and the Python verdict) on numbers of each kind of case, prints the median and p99 per
 case and overall, and the EXPLAIN ANALYZE plan of each statement a diagnosis runs.
@@ -41,7 +42,17 @@ _AUDIT_INDEXES = [
     "audit_log_model",
     "audit_log_code",
     "audit_log_unreadable",
+    "audit_log_lifecycle",
+    "audit_log_owner_lifecycle",
 ]
+#: Tallied attempt rows an attacker wrote with one claimed number (1,000 client ids a
+#: window, over 20 windows): more than a timeline shows.
+FLOOD_ROWS = 20_000
+
+
+def _flooded(approved: int) -> int:
+    # A claimed number that has not activated (i % 10 == 0, i % 20 == 10).
+    return approved // 2 // 20 * 20 + 10
 
 
 def _mac(n: int) -> str:
@@ -143,6 +154,21 @@ async def build(conn: asyncpg.Connection, approved: int, audit: int) -> dict[str
             approved,
             min(batch, rest - start),
         )
+    # One claimed number flooded by an attacker: its timeline still shows its claim.
+    await conn.execute(
+        """INSERT INTO audit_log (at, action, code, actor, client_id, request_id, vendor,
+                                  model, identifier_presented, identifier, repeats, last_at,
+                                  owner)
+           SELECT now() - (i / 1000) * interval '1 hour', 'activate', 'rate_limited',
+                  'device', 'flood-' || (i % 1000), 'f' || i, 'acme', 'thermo-1', d.identifier,
+                  d.identifier, 2, now() - (i / 1000) * interval '1 hour' + interval '5 minutes',
+                  o.name
+             FROM devices d JOIN owners o ON o.id = d.owner_id,
+                  generate_series(0, $2::integer - 1) i
+            WHERE d.model_id = 1 AND d.identifier = $1""",
+        _mac(_flooded(approved)),
+        FLOOD_ROWS,
+    )
     took["audit_rows"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     await conn.execute("SET maintenance_work_mem = '256MB'")
@@ -173,6 +199,9 @@ def _cases(
         ],
         "fine (activated)": [
             (_mac(i), None) for i in ids(lambda i: i % 20 == 0 and i % 1000 != 500, samples)
+        ],
+        f"claimed, {FLOOD_ROWS:,} attempt rows": [
+            (_mac(_flooded(approved)), None) for _ in range(samples)
         ],
         "claimed by another": [
             (_mac(i), "owner-x") for i in ids(lambda i: i % 10 == 0 and i % 20 != 0, samples)
@@ -238,13 +267,34 @@ def _p99(values: list[float]) -> float:
 
 
 async def _plans(conn: asyncpg.Connection, approved: int) -> None:
-    claimed = _mac(approved // 2 // 20 * 20 + 10)
+    claimed = _mac(_flooded(approved))
+    owner = await conn.fetchval(
+        "SELECT o.name FROM devices d JOIN owners o ON o.id = d.owner_id"
+        " WHERE d.model_id = 1 AND d.identifier = $1",
+        claimed,
+    )
     hole = _mac(approved // 2 // 1000 * 1000 + 500)
     typed = _mac(approved // 2 + 3)[:-1]
     now = datetime.now(UTC)
     statements = {
         "device": (q.DEVICE, 1, claimed),
-        "timeline": (q.TIMELINE, claimed, "acme", "thermo-1", q.TIMELINE_LIMIT),
+        "timeline (flooded)": (
+            q.TIMELINE,
+            claimed,
+            "acme",
+            "thermo-1",
+            q.LIFECYCLE_LIMIT,
+            q.ATTEMPT_LIMIT,
+        ),
+        "older attempts (flooded)": (
+            q.OLDER_ATTEMPTS,
+            claimed,
+            "acme",
+            "thermo-1",
+            q.ATTEMPT_LIMIT,
+            q.OLDER_COUNTED,
+        ),
+        "owner history (flooded)": (q.OWNER_HISTORY, owner, 50),
         "approved_among (typo)": (
             q.APPROVED_AMONG,
             1,

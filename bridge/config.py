@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         "the host name under the server secret (with `--dev`: random, kept in the state "
         "directory), so nobody can guess the id and take the bridge's session.",
     )
+    workers_client_id: str | None = Field(
+        default=None,
+        description="Set by `serve --workers N` for its workers, not by hand: the client id "
+        "the workers' ids are made from (`<id>-w<i>`). Each worker refuses devices the "
+        "client ids `<id>` and `<id>-…`, so that no device takes another worker's session.",
+    )
     state_dir: Path = Field(
         default_factory=default_state_dir,
         description="Files of the embedded database and broker.",

@@ -20,7 +20,6 @@ round trip. Pure: no I/O.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -67,27 +66,26 @@ def _fold(name: str) -> str:
     return name.casefold()
 
 
-#: The suffix ``bridge serve --workers N`` adds to the bridge's client id, one per worker
-#: (bridge.workers.worker_settings).
-_WORKER_SUFFIX = re.compile(r"-w[0-9]+$")
-
-
-def client_id_family(client_id: str) -> str:
-    """The client id that the bridge's ids all start with: a worker's without its ``-w<i>``.
-
-    A worker reserves the whole family against devices, not only its own id: a device
-    whose request reaches worker 1 must not get a broker login named after worker 0,
-    with which it could connect under worker 0's client id and take its session.
-    """
-    return _WORKER_SUFFIX.sub("", client_id)
-
-
 class LoginNamespace:
     """Answers, in memory, whether a client id may become a device's broker login."""
 
-    def __init__(self, operator_logins: Iterable[str], *, bridge_client_id: str) -> None:
+    def __init__(
+        self,
+        operator_logins: Iterable[str],
+        *,
+        bridge_client_id: str,
+        workers_client_id: str | None = None,
+    ) -> None:
+        """``bridge_client_id``: the bridge's own MQTT client id; it and ``<id>-…`` (its
+        dynamic-security connection, say) are refused. ``workers_client_id``: for a worker
+        of ``serve --workers N``, the id every worker's is made from (``<id>-w<i>``): a
+        device whose request reaches worker 1 must not get a broker login named after
+        worker 0, with which it could take worker 0's session. Only the place that makes
+        workers knows it: a single bridge whose id merely ends in ``-w1`` reserves no more
+        than its own id.
+        """
         self._fixed = frozenset(_fold(n) for n in (*RESERVED_NAMES, *operator_logins) if n)
-        self._bridge = _fold(bridge_client_id)
+        self._bridge = tuple(_fold(i) for i in (bridge_client_id, workers_client_id) if i)
         self._learned: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
@@ -96,7 +94,7 @@ class LoginNamespace:
     def refusal(self, client_id: str) -> str | None:
         """One sentence when ``client_id`` names a login that is not a device's; else None."""
         folded = _fold(client_id)
-        if folded == self._bridge or folded.startswith(self._bridge + "-"):
+        if self._is_bridges(folded):
             whose = "the bridge's own MQTT connections"
         elif folded in self._fixed:
             whose = "an operator's broker login"
@@ -116,9 +114,10 @@ class LoginNamespace:
     def is_fixed_operator(self, name: str) -> bool:
         """A name that is an operator's by configuration, whatever the broker holds."""
         folded = _fold(name)
-        return (
-            folded in self._fixed or folded == self._bridge or folded.startswith(self._bridge + "-")
-        )
+        return folded in self._fixed or self._is_bridges(folded)
+
+    def _is_bridges(self, folded: str) -> bool:
+        return any(folded == own or folded.startswith(own + "-") for own in self._bridge)
 
     def learn(self, clients: Iterable[Mapping[str, Any]]) -> None:
         """Replace the learned names by the non-device clients of a ``listClients`` answer."""

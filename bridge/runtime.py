@@ -19,7 +19,7 @@ from bridge import embedded, health, keys
 from bridge.config import Settings
 from bridge.dynsec import DynSec
 from bridge.errors import BridgeError, ConfigError, Unavailable
-from bridge.logins import LoginNamespace, client_id_family
+from bridge.logins import LoginNamespace
 from bridge.metrics import Metrics
 from bridge.provisioner import Provisioner
 from bridge.records import RateLimit
@@ -149,8 +149,9 @@ async def _device_logins(
     when devices get broker logins."""
     logins = LoginNamespace(
         embedded.operator_logins(settings),
+        bridge_client_id=settings.mqtt_client_id,
         # A worker of `serve --workers N` reserves every worker's id, not only its own.
-        bridge_client_id=client_id_family(settings.mqtt_client_id),
+        workers_client_id=settings.workers_client_id,
     )
     if access.admin is None:
         yield logins, None

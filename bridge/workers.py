@@ -50,13 +50,17 @@ STOP_SECONDS = 20.0
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
-    """Worker ``index``'s settings: its own client id, the common share group.
+    """Worker ``index``'s settings: its own client id, the workers' common one (which
+    each reserves against devices, with everything under it), the common share group.
 
     With ``BRIDGE_METRICS_ADDR`` (host:port), worker ``index`` listens on port + index:
     one port cannot be bound by every worker.
     """
+    base = settings.mqtt_client_id[:120]
     update: dict[str, object] = {
-        "client_id": f"{settings.mqtt_client_id[:120]}-w{index}",
+        "client_id": f"{base}-w{index}",
+        # Every worker refuses devices all the workers' ids, not only its own.
+        "workers_client_id": base,
         "share_group": settings.share_group or DEFAULT_GROUP,
     }
     if settings.metrics_addr:

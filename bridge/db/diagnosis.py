@@ -19,8 +19,16 @@ from bridge.diagnosis import Device, Event, Neighbour
 from bridge.records import AuditEntry, ModelRow
 from bridge.store import Store
 
-#: The newest entries of a number's timeline that a diagnosis reads.
-TIMELINE_LIMIT: Final = 200
+#: A number's lifecycle entries a diagnosis reads, newest first: approvals, claims,
+#: releases, transfers, re-enables, revokes, support's actions, successful activations.
+#: Each is an account's, the vendor's or an administrator's doing (or a device's key),
+#: so device attempts, however many, never push one out of the timeline.
+LIFECYCLE_LIMIT: Final = 500
+#: A number's device attempts a diagnosis reads, newest first (tallied rows).
+ATTEMPT_LIMIT: Final = 100
+#: Older attempt rows counted for the line that says how many are not shown: past
+#: this many it says "at least", so a flood costs a diagnosis a bounded read.
+OLDER_COUNTED: Final = 1_000
 #: Approved numbers read on either side of one that is not approved.
 RANGE_READ: Final = 256
 #: Unreadable attempts of a model read per claim window (newest first).
@@ -48,9 +56,30 @@ EVER_CLAIMED = """SELECT EXISTS (
                      JOIN owners o ON o.id = c.owner_id
                     WHERE d.model_id = $1 AND d.identifier = $2 AND o.name = $3)"""
 
-TIMELINE = f"""SELECT {_EVENT_COLUMNS} FROM audit_log
-                 WHERE identifier = $1 AND vendor = $2 AND model = $3
-                 ORDER BY at DESC, id DESC LIMIT $4"""
+# A number's audit rows in two parts that together are all of them: its lifecycle
+# (everything but device attempts; a successful activation is one, a tallied row, a
+# failure or a replay, is not) and its device attempts. The first is word for word the
+# predicate of the index audit_log_lifecycle (migration 014).
+_LIFECYCLE = "(action <> 'activate' OR (code = 'ok' AND last_at IS NULL))"
+_ATTEMPT = "action = 'activate' AND (code <> 'ok' OR last_at IS NOT NULL)"
+
+# Two bounded reads in one statement: the lifecycle through audit_log_lifecycle, the
+# newest attempts through audit_log_identifier.
+TIMELINE = f"""(SELECT {_EVENT_COLUMNS}, true AS lifecycle FROM audit_log
+                  WHERE identifier = $1 AND vendor = $2 AND model = $3 AND {_LIFECYCLE}
+                  ORDER BY at DESC, id DESC LIMIT $4)
+               UNION ALL
+               (SELECT {_EVENT_COLUMNS}, false FROM audit_log
+                  WHERE identifier = $1 AND vendor = $2 AND model = $3 AND {_ATTEMPT}
+                  ORDER BY at DESC, id DESC LIMIT $5)"""
+
+# The attempts past the newest $4, counted up to $5 rows (read only when the timeline
+# holds $4 of them).
+OLDER_ATTEMPTS = f"""SELECT count(*) AS entries, coalesce(sum(1 + repeats), 0) AS attempts,
+                            max(at) AS newest
+                 FROM (SELECT at, repeats FROM audit_log
+                        WHERE identifier = $1 AND vendor = $2 AND model = $3 AND {_ATTEMPT}
+                        ORDER BY at DESC, id DESC OFFSET $4 LIMIT $5) older"""
 
 APPROVED_AMONG = """
 WITH found AS (
@@ -87,6 +116,18 @@ UNREADABLE_ATTEMPTS = f"""SELECT {_EVENT_COLUMNS} FROM audit_log
                    AND action = 'activate' AND identifier IS NULL
                    AND at >= $3 AND at < $4 AND coalesce(last_at, at) >= $5
                  ORDER BY at DESC LIMIT $6"""
+
+
+OWNER_HISTORY = f"""SELECT {_EVENT_COLUMNS}, a.vendor, a.model, m.kind
+                  FROM audit_log a
+                  LEFT JOIN models m ON m.vendor = a.vendor AND m.model = a.model
+                 WHERE a.owner = $1 AND a.code = 'ok'
+                   AND a.action IN ('claim', 'release', 'transfer', 'reenable', 'revoke')
+                   -- Implied by the list; said so the planner proves that the index
+                   -- audit_log_owner_lifecycle (migration 014) applies: it holds no
+                   -- device attempt, however many carry the owner's name.
+                   AND a.action <> 'activate'
+                 ORDER BY a.at DESC, a.id DESC LIMIT $2"""
 
 
 def _pool(store: Store) -> Any:
@@ -126,16 +167,39 @@ async def ever_claimed_by(store: Store, model: ModelRow, identifier: str, owner:
 
 
 async def timeline(store: Store, model: ModelRow, identifier: str) -> list[Event]:
-    """The number's audit entries (approval, claims, releases, attempts...), oldest first."""
-    async with reachable():
-        rows = await _pool(store).fetch(
-            TIMELINE,
-            identifier,
-            model.vendor,
-            model.model,
-            TIMELINE_LIMIT,
+    """The number's audit entries, oldest first: every lifecycle entry (approval, claims,
+    releases, ..., the activation) and its newest device attempts; when older attempts
+    are not shown, a line (action ``older_attempts``) in their place says how many."""
+    args = (identifier, model.vendor, model.model)
+    async with reachable(), _pool(store).acquire() as conn:
+        rows = await conn.fetch(TIMELINE, *args, LIFECYCLE_LIMIT, ATTEMPT_LIMIT)
+        shown = sum(1 for r in rows if not r["lifecycle"])
+        older = (
+            await conn.fetchrow(OLDER_ATTEMPTS, *args, ATTEMPT_LIMIT, OLDER_COUNTED)
+            if shown == ATTEMPT_LIMIT
+            else None
         )
-    return [_event(r) for r in reversed(rows)]
+    events = [Event(**{k: v for k, v in r.items() if k != "lifecycle"}) for r in rows]
+    if older is not None and older["entries"]:
+        events.append(_older_attempts(older["entries"], older["attempts"], older["newest"]))
+    return sorted(events, key=lambda e: e.at)
+
+
+def _older_attempts(entries: int, attempts: int, newest: datetime) -> Event:
+    # A line of the timeline, not an audit entry: no owner, so an owner's view (built
+    # from their own entries) leaves it out; what it counts may predate their claim.
+    more = "at least " if entries >= OLDER_COUNTED else ""
+    return Event(
+        at=newest,
+        action="older_attempts",
+        code="not_shown",
+        count=attempts,
+        detail=(
+            f"{more}{entries:,} older entries of device attempts ({more}{attempts:,} "
+            f"attempts) are not shown: the timeline keeps every lifecycle entry and the "
+            f"newest {ATTEMPT_LIMIT} entries of attempts"
+        ),
+    )
 
 
 async def approved_among(
@@ -273,12 +337,7 @@ async def owner_history(
     re-enables and revokes concerning ``owner``, newest first."""
     async with reachable():
         rows = await _pool(store).fetch(
-            f"""SELECT {_EVENT_COLUMNS}, a.vendor, a.model, m.kind
-                  FROM audit_log a
-                  LEFT JOIN models m ON m.vendor = a.vendor AND m.model = a.model
-                 WHERE a.owner = $1 AND a.code = 'ok'
-                   AND a.action IN ('claim', 'release', 'transfer', 'reenable', 'revoke')
-                 ORDER BY a.at DESC, a.id DESC LIMIT $2""",
+            OWNER_HISTORY,
             owner,
             limit,
         )

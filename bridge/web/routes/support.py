@@ -53,7 +53,11 @@ class DeviceNow(_Body):
 
 class TimelineEntry(_Body):
     at: datetime
-    action: str = Field(description="approve, claim, release, transfer, reenable, activate...")
+    action: str = Field(
+        description="approve, claim, release, transfer, reenable, activate...; or "
+        "older_attempts: a line in place of the older device attempts not shown, which "
+        "says how many (count: attempts; detail: in words)"
+    )
     code: str
     actor: str | None
     owner: str | None
