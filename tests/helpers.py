@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bridge.admin import Admin
 from bridge.client import ActivationResult, activate_device
 from bridge.config import Settings
 from bridge.embedded import client_endpoint
 from bridge.metrics import Metrics
 from bridge.runtime import serve
+from bridge.tokens import create_token
 from tests.services import free_port, wait_for_port
 
 
@@ -136,3 +138,9 @@ def api_server(settings: Settings, **env: str) -> Iterator[ApiServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def bearer(admin: Admin, role: str, subject: str | None = None) -> dict[str, str]:
+    """An Authorization header with a new token of ``role`` (for ``subject``)."""
+    issued = await create_token(admin.store, role, subject, actor="test")
+    return {"Authorization": f"Bearer {issued.token}"}

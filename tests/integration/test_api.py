@@ -16,6 +16,7 @@ from bridge.errors import ClaimedByOther, InvalidIdentifier
 from bridge.store import Store
 from bridge.tokens import create_token, revoke_token
 from bridge.web.app import create_app
+from tests.helpers import bearer
 from tests.services import free_port
 
 MAC = "00:1A:2B:3C:4D:5E"
@@ -30,11 +31,6 @@ def _client(store: Store, settings: Settings) -> httpx.AsyncClient:
 async def api(admin: Admin, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with _client(admin.store, settings) as client:
         yield client
-
-
-async def _bearer(admin: Admin, role: str, subject: str | None = None) -> dict[str, str]:
-    issued = await create_token(admin.store, role, subject, actor="test")
-    return {"Authorization": f"Bearer {issued.token}"}
 
 
 async def _acme_model(api: httpx.AsyncClient, vendor: dict[str, str]) -> None:
@@ -92,9 +88,9 @@ async def test_tokens_are_required_stored_hashed_and_revocable(
 async def test_owner_claims_lists_and_shows_only_their_own_devices(
     admin: Admin, api: httpx.AsyncClient
 ) -> None:
-    vendor = await _bearer(admin, "vendor", "acme")
-    alice = await _bearer(admin, "owner", "alice")
-    bob = await _bearer(admin, "owner", "bob")
+    vendor = await bearer(admin, "vendor", "acme")
+    alice = await bearer(admin, "owner", "alice")
+    bob = await bearer(admin, "owner", "bob")
     await _acme_model(api, vendor)
 
     claimed = await api.post(
@@ -147,9 +143,9 @@ async def test_owner_claims_lists_and_shows_only_their_own_devices(
 
 
 async def test_vendor_manages_only_its_own_models(admin: Admin, api: httpx.AsyncClient) -> None:
-    acme = await _bearer(admin, "vendor", "acme")
-    globex = await _bearer(admin, "vendor", "globex")
-    alice = await _bearer(admin, "owner", "alice")
+    acme = await bearer(admin, "vendor", "acme")
+    globex = await bearer(admin, "vendor", "globex")
+    alice = await bearer(admin, "owner", "alice")
     await _acme_model(api, acme)
 
     # Globex approving on acme's model is answered as if the model did not exist.
@@ -182,7 +178,7 @@ async def test_vendor_manages_only_its_own_models(admin: Admin, api: httpx.Async
     )
     assert vendor_claims.status_code == 403
 
-    admin_token = await _bearer(admin, "admin")
+    admin_token = await bearer(admin, "admin")
     made = await api.post(
         "/v1/models",
         json={"vendor": "globex", "model": "cam", "kind": "serial"},
@@ -200,8 +196,8 @@ async def test_vendor_manages_only_its_own_models(admin: Admin, api: httpx.Async
 async def test_claim_errors_carry_the_cli_sentence_and_the_suggestion(
     admin: Admin, api: httpx.AsyncClient
 ) -> None:
-    await _acme_model(api, await _bearer(admin, "vendor", "acme"))
-    alice = await _bearer(admin, "owner", "alice")
+    await _acme_model(api, await bearer(admin, "vendor", "acme"))
+    alice = await bearer(admin, "owner", "alice")
     typo = "00:1A:2B:3C:4D:6O"  # letter O for zero
     answer = await api.post(
         "/v1/claims",
@@ -241,7 +237,7 @@ async def test_claim_errors_carry_the_cli_sentence_and_the_suggestion(
 async def test_bad_requests_are_malformed_never_a_server_error(
     admin: Admin, api: httpx.AsyncClient
 ) -> None:
-    alice = await _bearer(admin, "owner", "alice")
+    alice = await bearer(admin, "owner", "alice")
     for body in (
         {"vendor": "ac\x00me", "model": "m", "identifier": "1"},
         {"vendor": "acme", "model": "m"},
@@ -263,9 +259,9 @@ async def test_failed_claims_are_throttled_per_token_across_processes(
 ) -> None:
     strict = settings.model_copy(update={"api_claim_failures": 3, "api_claim_window_seconds": 60})
     assert strict.database_url is not None
-    vendor = await _bearer(admin, "vendor", "acme")
-    alice = await _bearer(admin, "owner", "alice")
-    alice_phone = await _bearer(admin, "owner", "alice")
+    vendor = await bearer(admin, "vendor", "acme")
+    alice = await bearer(admin, "owner", "alice")
+    alice_phone = await bearer(admin, "owner", "alice")
     async with (
         _client(admin.store, strict) as one,
         Store.open(strict.database_url.get_secret_value(), pool_size=2) as other_store,

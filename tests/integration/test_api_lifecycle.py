@@ -4,31 +4,15 @@ its token's boundary."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
 from bridge.admin import Admin
-from bridge.config import Settings
 from bridge.errors import NotOwner
-from bridge.tokens import create_token
-from bridge.web.app import create_app
+from tests.helpers import bearer
 
 MAC = "00:1A:2B:3C:4D:5E"
 DEVICE = f"/v1/devices/acme/thermo-1/{MAC}"
-
-
-@pytest.fixture
-async def api(admin: Admin, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(admin.store, settings))
-    async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as client:
-        yield client
-
-
-async def _bearer(admin: Admin, role: str, subject: str | None = None) -> dict[str, str]:
-    issued = await create_token(admin.store, role, subject, actor="test")
-    return {"Authorization": f"Bearer {issued.token}"}
 
 
 @pytest.fixture
@@ -42,8 +26,8 @@ async def acme(admin: Admin) -> None:
 async def test_owner_releases_and_reenables_only_their_own_device(
     admin: Admin, api: httpx.AsyncClient
 ) -> None:
-    alice = await _bearer(admin, "owner", "alice")
-    bob = await _bearer(admin, "owner", "bob")
+    alice = await bearer(admin, "owner", "alice")
+    bob = await bearer(admin, "owner", "bob")
 
     for action in ("release", "reenable"):
         foreign = await api.post(f"{DEVICE}/{action}", headers=bob)
@@ -74,7 +58,7 @@ async def test_owner_releases_and_reenables_only_their_own_device(
     assert claimed.status_code == 200
     assert (await api.post(f"{DEVICE}/release", headers=alice)).status_code == 404
     # Vendors and administrators do not release on an owner's behalf.
-    vendor = await _bearer(admin, "vendor", "acme")
+    vendor = await bearer(admin, "vendor", "acme")
     assert (await api.post(f"{DEVICE}/release", headers=vendor)).json()["code"] == "forbidden"
 
 
@@ -82,9 +66,9 @@ async def test_owner_releases_and_reenables_only_their_own_device(
 async def test_vendor_revokes_reenables_lists_and_reads_audit_of_its_models_only(
     admin: Admin, api: httpx.AsyncClient
 ) -> None:
-    acme = await _bearer(admin, "vendor", "acme")
-    globex = await _bearer(admin, "vendor", "globex")
-    alice = await _bearer(admin, "owner", "alice")
+    acme = await bearer(admin, "vendor", "acme")
+    globex = await bearer(admin, "vendor", "globex")
+    alice = await bearer(admin, "owner", "alice")
 
     for path in (f"{DEVICE}/revoke", f"{DEVICE}/reenable"):
         answer = await api.post(path, headers=globex)
@@ -135,8 +119,8 @@ async def test_vendor_revokes_reenables_lists_and_reads_audit_of_its_models_only
 
 @pytest.mark.usefixtures("acme")
 async def test_vendor_unapproves_and_bulk_approves(admin: Admin, api: httpx.AsyncClient) -> None:
-    acme = await _bearer(admin, "vendor", "acme")
-    globex = await _bearer(admin, "vendor", "globex")
+    acme = await bearer(admin, "vendor", "acme")
+    globex = await bearer(admin, "vendor", "globex")
 
     bulk = await api.post(
         "/v1/models/acme/thermo-1/approvals/bulk",
@@ -172,8 +156,8 @@ async def test_vendor_unapproves_and_bulk_approves(admin: Admin, api: httpx.Asyn
 
 @pytest.mark.usefixtures("acme")
 async def test_only_an_administrator_transfers(admin: Admin, api: httpx.AsyncClient) -> None:
-    administrator = await _bearer(admin, "admin")
-    for who in (await _bearer(admin, "vendor", "acme"), await _bearer(admin, "owner", "alice")):
+    administrator = await bearer(admin, "admin")
+    for who in (await bearer(admin, "vendor", "acme"), await bearer(admin, "owner", "alice")):
         refused = await api.post(f"{DEVICE}/transfer", json={"to": "bob"}, headers=who)
         assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
 
@@ -209,7 +193,7 @@ async def test_not_owner_from_a_race_is_403(admin: Admin, api: httpx.AsyncClient
 async def test_audit_since_takes_naive_and_aware_times(
     admin: Admin, api: httpx.AsyncClient
 ) -> None:
-    administrator = await _bearer(admin, "admin")
+    administrator = await bearer(admin, "admin")
     for since in (
         "2024-01-01T00:00:00",
         "2024-01-01T00:00:00+05:00",

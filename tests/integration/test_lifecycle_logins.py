@@ -15,9 +15,9 @@ import pytest
 
 from bridge.admin import Admin
 from bridge.config import Settings
-from bridge.tokens import Role, create_token
+from bridge.tokens import Role
 from bridge.web.app import create_app
-from tests.helpers import activate
+from tests.helpers import activate, bearer
 from tests.integration import test_broker_security as secure
 from tests.integration.test_cli import _env, bridge_cli
 from tests.integration.test_login_namespace import _opens
@@ -38,11 +38,6 @@ async def api(admin: Admin, secure_settings: Settings) -> AsyncIterator[httpx.As
     transport = httpx.ASGITransport(app=create_app(admin.store, secure_settings))
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as client:
         yield client
-
-
-async def _bearer(admin: Admin, role: str, subject: str | None = None) -> dict[str, str]:
-    issued = await create_token(admin.store, role, subject, actor="test")
-    return {"Authorization": f"Bearer {issued.token}"}
 
 
 async def _activated(
@@ -71,7 +66,7 @@ async def test_attack_old_key_opens_the_broker_after_an_api_lifecycle_change(
     client_id = f"api-{action}"
     key = await _activated(admin, secure_broker, device_settings, client_id)
     who = {"revoke": ("vendor", "acme"), "release": ("owner", "alice"), "transfer": ("admin", None)}
-    headers = await _bearer(admin, *who[action])
+    headers = await bearer(admin, *who[action])
     body = {"to": "bob"} if action == "transfer" else None
     response = await api.post(f"{DEVICE}/{action}", json=body, headers=headers)
     assert response.status_code == 200, response.text
@@ -119,8 +114,8 @@ async def test_attack_owner_reenables_a_device_its_vendor_revoked(
     device_settings: Settings,
 ) -> None:
     key = await _activated(admin, secure_broker, device_settings, "revoked-1")
-    vendor = await _bearer(admin, "vendor", "acme")
-    alice = await _bearer(admin, "owner", "alice")
+    vendor = await bearer(admin, "vendor", "acme")
+    alice = await bearer(admin, "owner", "alice")
     assert (await api.post(f"{DEVICE}/revoke", headers=vendor)).status_code == 200
 
     refused = await api.post(f"{DEVICE}/reenable", headers=alice)
@@ -152,8 +147,8 @@ async def test_attack_owner_releases_and_claims_again_to_undo_a_vendor_revoke(
     device_settings: Settings,
 ) -> None:
     await _activated(admin, secure_broker, device_settings, "revoked-2")
-    vendor = await _bearer(admin, "vendor", "acme")
-    alice = await _bearer(admin, "owner", "alice")
+    vendor = await bearer(admin, "vendor", "acme")
+    alice = await bearer(admin, "owner", "alice")
     assert (await api.post(f"{DEVICE}/revoke", headers=vendor)).status_code == 200
     assert (await api.post(f"{DEVICE}/release", headers=alice)).status_code == 200
     claim = {"vendor": "acme", "model": "thermo-1", "identifier": MAC}
@@ -187,7 +182,7 @@ async def test_attack_old_key_opens_the_broker_after_a_forced_unapprove(
     """A vendor takes an activated device off its list (`--force`): the row is gone, and
     its key must not keep opening the broker."""
     key = await _activated(admin, secure_broker, device_settings, "unapproved-1")
-    vendor = await _bearer(admin, "vendor", "acme")
+    vendor = await bearer(admin, "vendor", "acme")
     body = {"identifiers": [MAC], "force": True}
     response = await api.post("/v1/models/acme/thermo-1/unapprove", json=body, headers=vendor)
     assert response.status_code == 200, response.text

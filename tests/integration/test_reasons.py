@@ -20,8 +20,7 @@ import pytest
 from bridge.admin import Admin
 from bridge.config import Settings
 from bridge.text import REASON_MAX
-from bridge.tokens import create_token
-from tests.helpers import api_server
+from tests.helpers import api_server, bearer
 from tests.integration.test_cli import _env, bridge_cli
 
 MAC = "00:1A:2B:3C:4D:5E"
@@ -53,11 +52,6 @@ def _reasons(entries: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
         for e in entries
         if e["code"] == "ok"
     ]
-
-
-async def _bearer(admin: Admin, role: str, subject: str | None = None) -> dict[str, str]:
-    issued = await create_token(admin.store, role, subject, actor="test")
-    return {"Authorization": f"Bearer {issued.token}"}
 
 
 @pytest.fixture
@@ -120,10 +114,10 @@ async def test_cli_every_lifecycle_command_records_its_reason(
 async def test_http_every_action_records_its_reason_and_the_owner_reads_it(
     admin: Admin, http: httpx.AsyncClient
 ) -> None:
-    alice = await _bearer(admin, "owner", "alice")
-    bob = await _bearer(admin, "owner", "bob")
-    vendor = await _bearer(admin, "vendor", "acme")
-    administrator = await _bearer(admin, "admin")
+    alice = await bearer(admin, "owner", "alice")
+    bob = await bearer(admin, "owner", "bob")
+    vendor = await bearer(admin, "vendor", "acme")
+    administrator = await bearer(admin, "admin")
 
     released = await http.post(
         f"{DEVICE}/release", json={"reason": "sold it with the house"}, headers=alice
@@ -190,8 +184,8 @@ async def test_http_every_action_records_its_reason_and_the_owner_reads_it(
 async def test_attack_reason_with_control_characters_is_refused(
     admin: Admin, settings: Settings, http: httpx.AsyncClient
 ) -> None:
-    alice = await _bearer(admin, "owner", "alice")
-    vendor = await _bearer(admin, "vendor", "acme")
+    alice = await bearer(admin, "owner", "alice")
+    vendor = await bearer(admin, "vendor", "acme")
     # Terminal escapes, a forged second audit line, NUL, C1, and a right-to-left
     # override (invisible: it would show the reason reversed in the history).
     for reason in ("\x1b[2Jcleared", "ok\nreason: forged", "a\x00b", "a\x85b", "a\u202eb"):
@@ -226,7 +220,7 @@ async def test_attack_reason_with_control_characters_is_refused(
 async def test_attack_overlong_reason_is_refused(
     admin: Admin, settings: Settings, http: httpx.AsyncClient
 ) -> None:
-    alice = await _bearer(admin, "owner", "alice")
+    alice = await bearer(admin, "owner", "alice")
     too_long = "x" * (REASON_MAX + 1)
     answer = await http.post(f"{DEVICE}/release", json={"reason": too_long}, headers=alice)
     assert answer.status_code == 422
@@ -249,7 +243,7 @@ async def test_attack_overlong_reason_is_refused(
 async def test_an_empty_or_blank_reason_is_refused_not_dropped(
     admin: Admin, settings: Settings, http: httpx.AsyncClient
 ) -> None:
-    alice = await _bearer(admin, "owner", "alice")
+    alice = await bearer(admin, "owner", "alice")
     for reason in ("", "   ", "\u3000"):
         answer = await http.post(f"{DEVICE}/release", json={"reason": reason}, headers=alice)
         assert answer.status_code == 422, (reason, answer.text)

@@ -4,7 +4,6 @@ broker and bridge: what an owner's diagnosis must not tell about other accounts.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -12,24 +11,10 @@ import pytest
 from bridge.admin import Admin
 from bridge.config import Settings
 from bridge.db import diagnosis as queries
-from bridge.tokens import create_token
-from bridge.web.app import create_app
-from tests.helpers import RunningBridge, activate
+from tests.helpers import RunningBridge, activate, bearer
 
 MAC_A = "02:00:00:00:07:0A"  # alice's
 MAC_B = "02:00:00:00:07:0B"  # bob's: one character away from alice's
-
-
-@pytest.fixture
-async def api(admin: Admin, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(admin.store, settings))
-    async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as client:
-        yield client
-
-
-async def _bearer(admin: Admin, role: str, subject: str | None = None) -> dict[str, str]:
-    issued = await create_token(admin.store, role, subject, actor="test")
-    return {"Authorization": f"Bearer {issued.token}"}
 
 
 async def test_attack_owner_learns_a_neighbours_claim_from_attempts_elsewhere(
@@ -43,7 +28,7 @@ async def test_attack_owner_learns_a_neighbours_claim_from_attempts_elsewhere(
     done = await activate(settings, MAC_B, client_id="bobs-thermo")
     assert done.ok, done.reply
 
-    alice = await _bearer(admin, "owner", "alice")
+    alice = await bearer(admin, "owner", "alice")
     answer = await api.get(f"/v1/diagnose/acme/thermo-1/{MAC_A}", headers=alice)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -71,7 +56,7 @@ async def test_attack_owner_diagnosis_of_a_foreign_number_searches_nothing(
             return await _real(*args)  # type: ignore[operator]
 
         monkeypatch.setattr(queries, name, spy)
-    alice = await _bearer(admin, "owner", "alice")
+    alice = await bearer(admin, "owner", "alice")
     for number in (MAC_B, MAC_A, "not-a-mac"):
         answer = await api.get(f"/v1/diagnose/acme/thermo-1/{number}", headers=alice)
         assert answer.status_code in (404, 422), answer.text
@@ -91,7 +76,7 @@ async def test_attack_new_owner_learns_the_previous_owners_client_id(
     assert done.ok, done.reply
     await admin.resolve("acme", "thermo-1", MAC_A, "transfer", to="carol", reason="resale")
 
-    carol = await _bearer(admin, "owner", "carol")
+    carol = await bearer(admin, "owner", "carol")
     answer = await api.get(f"/v1/diagnose/acme/thermo-1/{MAC_A}", headers=carol)
     assert answer.status_code == 200, answer.text
     # The client id is bob's device's name, from his activation: not carol's to read.
@@ -104,11 +89,11 @@ async def test_attack_vendor_reads_another_vendors_model_through_its_contact(
 ) -> None:
     await admin.add_model("acme", "thermo-1", kind="mac")
     path = "/v1/models/acme/thermo-1/support-contact"
-    vendor = await _bearer(admin, "vendor", "acme")
+    vendor = await bearer(admin, "vendor", "acme")
     assert (
         await api.put(path, json={"support_contact": "help@acme.example"}, headers=vendor)
     ).status_code == 200
-    other = await _bearer(admin, "vendor", "other")
+    other = await bearer(admin, "vendor", "other")
     registered = await api.get(path, headers=other)
     unknown = await api.get("/v1/models/acme/nothing-1/support-contact", headers=other)
     # Another vendor's model is answered like an unregistered one, as everywhere.
@@ -116,8 +101,8 @@ async def test_attack_vendor_reads_another_vendors_model_through_its_contact(
     assert registered.json()["code"] == "unknown_model"
     assert "help@acme" not in registered.text
     # Owners read it (it is shown beside their refused claims), and the vendor itself.
-    owner = await _bearer(admin, "owner", "alice")
-    for token in (owner, vendor, await _bearer(admin, "admin")):
+    owner = await bearer(admin, "owner", "alice")
+    for token in (owner, vendor, await bearer(admin, "admin")):
         shown = await api.get(path, headers=token)
         assert shown.json()["support_contact"] == "help@acme.example", shown.text
 
@@ -128,7 +113,7 @@ async def test_attack_vendor_transfers_to_a_name_that_displays_as_another(
     await admin.add_model("acme", "thermo-1", kind="mac")
     await admin.approve("acme", "thermo-1", [MAC_A])
     await admin.claim("acme", "thermo-1", MAC_A, owner="bob")
-    vendor = await _bearer(admin, "vendor", "acme")
+    vendor = await bearer(admin, "vendor", "acme")
     # A right-to-left override: "\u202eecila" displays as "alice" in the audit log and on
     # the support page; a zero-width space or a trailing space makes a second "alice".
     for to in ("\u202eecila", "alice\u200b", "alice ", " alice"):
@@ -197,7 +182,7 @@ async def test_attack_owner_reads_what_another_accounts_device_sent(
         tried = await activate(settings, sent, client_id="bobs-thermo")
         assert not tried.ok, tried.reply
 
-    alice = await _bearer(admin, "owner", "alice")
+    alice = await bearer(admin, "owner", "alice")
     answer = await api.get(f"/v1/diagnose/acme/thermo-1/{MAC_A}", headers=alice)
     assert answer.status_code == 200, answer.text
     # Nothing ties those attempts to alice's device but the model and the time: they
@@ -205,6 +190,6 @@ async def test_attack_owner_reads_what_another_accounts_device_sent(
     assert "490154203237518" not in answer.text
     assert "SN-BOB" not in answer.text
     # The vendor's support still sees them (tallied in one row), as possible evidence.
-    vendor = await _bearer(admin, "vendor", "acme")
+    vendor = await bearer(admin, "vendor", "acme")
     seen = await api.get(f"/v1/diagnose/acme/thermo-1/{MAC_A}", headers=vendor)
     assert "490154203237518" in seen.text

@@ -5,31 +5,17 @@ the attacks an owner could try to learn who else holds a claim."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from bridge.admin import Admin
 from bridge.config import Settings
-from bridge.tokens import create_token
-from bridge.web.app import create_app
+from tests.helpers import bearer
 from tests.integration.test_cli import _env, bridge_cli
 
 MAC = "00:1A:2B:3C:4D:5E"
 PATH = "/v1/diagnose/acme/thermo-1/001a.2b3c.4d5e"
-
-
-@pytest.fixture
-async def api(admin: Admin, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(admin.store, settings))
-    async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as client:
-        yield client
-
-
-async def _bearer(admin: Admin, role: str, subject: str | None = None) -> dict[str, str]:
-    issued = await create_token(admin.store, role, subject, actor="test")
-    return {"Authorization": f"Bearer {issued.token}"}
 
 
 @pytest.fixture
@@ -77,8 +63,8 @@ async def test_cli_diagnose_resolve_and_contact(settings: Settings, held_by_bob:
 async def test_http_vendor_diagnoses_and_releases_with_a_reason_the_owner_then_reads(
     admin: Admin, api: httpx.AsyncClient, held_by_bob: None
 ) -> None:
-    vendor = await _bearer(admin, "vendor", "acme")
-    bob = await _bearer(admin, "owner", "bob")
+    vendor = await bearer(admin, "vendor", "acme")
+    bob = await bearer(admin, "owner", "bob")
     answer = await api.put(
         "/v1/models/acme/thermo-1/support-contact",
         json={"support_contact": "support@acme.example"},
@@ -117,7 +103,7 @@ async def test_http_vendor_diagnoses_and_releases_with_a_reason_the_owner_then_r
 async def test_attack_owner_cannot_learn_who_holds_a_claim(
     admin: Admin, api: httpx.AsyncClient, held_by_bob: None
 ) -> None:
-    alice = await _bearer(admin, "owner", "alice")
+    alice = await bearer(admin, "owner", "alice")
     # Never claimed by alice: answered exactly like a device that does not exist.
     held = await api.get(PATH, headers=alice)
     free = await api.get("/v1/diagnose/acme/thermo-1/00:1A:2B:3C:4D:5F", headers=alice)
@@ -138,7 +124,7 @@ async def test_attack_owner_cannot_learn_who_holds_a_claim(
     # Bob held it, then support moved it to carol: bob may still diagnose it (his
     # history), and learns neither carol's name nor anything of her claim.
     await admin.resolve("acme", "thermo-1", MAC, "transfer", to="carol", reason="resale")
-    bob = await _bearer(admin, "owner", "bob")
+    bob = await bearer(admin, "owner", "bob")
     gone = await api.get(PATH, headers=bob)
     assert gone.status_code == 200, gone.text
     assert "carol" not in gone.text
@@ -153,7 +139,7 @@ async def test_attack_owner_cannot_learn_who_holds_a_claim(
     ]
     assert "test" not in {e["actor"] for e in body["timeline"]}  # actors are redacted
     # Carol, the holder now, does not learn bob's name from the transfer entry.
-    carol = await _bearer(admin, "owner", "carol")
+    carol = await bearer(admin, "owner", "carol")
     mine = await api.get(PATH, headers=carol)
     assert mine.status_code == 200, mine.text
     assert "bob" not in mine.text
@@ -163,7 +149,7 @@ async def test_attack_owner_cannot_learn_who_holds_a_claim(
 async def test_attack_vendor_diagnoses_only_its_own_models(
     admin: Admin, api: httpx.AsyncClient, held_by_bob: None
 ) -> None:
-    other = await _bearer(admin, "vendor", "other")
+    other = await bearer(admin, "vendor", "other")
     answer = await api.get(PATH, headers=other)
     assert answer.status_code == 404
     assert answer.json()["code"] == "unknown_model"
@@ -180,7 +166,7 @@ async def test_attack_vendor_diagnoses_only_its_own_models(
     )
     assert put.status_code == 404
     # Control characters in a reason are refused before the database.
-    vendor = await _bearer(admin, "vendor", "acme")
+    vendor = await bearer(admin, "vendor", "acme")
     bad = await api.post(
         f"{PATH}/resolve", json={"action": "release", "reason": "a\x00b"}, headers=vendor
     )
@@ -192,7 +178,7 @@ async def test_a_refused_claim_carries_the_models_support_contact(
     admin: Admin, api: httpx.AsyncClient, settings: Settings, held_by_bob: None
 ) -> None:
     # Before a contact is set, a refusal names none.
-    alice = await _bearer(admin, "owner", "alice")
+    alice = await bearer(admin, "owner", "alice")
     claim = {"vendor": "acme", "model": "thermo-1", "identifier": MAC}
     answer = await api.post("/v1/claims", json=claim, headers=alice)
     assert answer.status_code == 409

@@ -13,38 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 
 from bridge import keys
 from bridge.admin import Admin
-from bridge.config import Settings
 from bridge.db import diagnosis as queries
 from bridge.provisioner import Provisioner
 from bridge.records import AuditTally, RateLimit
 from bridge.store import Store
-from bridge.tokens import create_token
-from bridge.web.app import create_app
 from tests.conftest import TEST_SECRET
+from tests.helpers import bearer
 
 MAC = "02:00:00:00:0F:01"
 #: Client ids the attacker sends from, and tally windows (of one second here) it spans.
 CLIENTS = 90
 WINDOWS = 3
-
-
-@pytest.fixture
-async def api(admin: Admin, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(admin.store, settings))
-    async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as client:
-        yield client
-
-
-async def _bearer(admin: Admin, role: str, subject: str | None = None) -> dict[str, str]:
-    issued = await create_token(admin.store, role, subject, actor="test")
-    return {"Authorization": f"Bearer {issued.token}"}
 
 
 async def _flood(database_url: str) -> int:
@@ -79,7 +63,7 @@ async def test_attack_flood_of_attempts_does_not_hide_the_claim(
     admin: Admin, database_url: str, api: httpx.AsyncClient
 ) -> None:
     await admin.add_model("acme", "thermo-1", kind="mac")
-    vendor = await _bearer(admin, "vendor", "acme")
+    vendor = await bearer(admin, "vendor", "acme")
     await admin.approve("acme", "thermo-1", [MAC])
     await admin.claim("acme", "thermo-1", MAC, owner="carol")
     released = await api.post(
@@ -130,14 +114,14 @@ async def test_attack_flood_of_attempts_does_not_hide_the_claim(
     assert plain["evidence"][0].startswith("It was claimed by alice on "), plain["evidence"]
 
     # The holder's own view: her claim is in her timeline.
-    alice = await _bearer(admin, "owner", "alice")
+    alice = await bearer(admin, "owner", "alice")
     hers = (await api.get(f"/v1/diagnose/acme/thermo-1/{MAC}", headers=alice)).json()
     assert ("claim", "ok", "alice") in {
         (e["action"], e["code"], e["owner"]) for e in hers["timeline"]
     }, hers["timeline"]
 
     # The previous owner's view: why it left their account, in the diagnosis and history.
-    carol = await _bearer(admin, "owner", "carol")
+    carol = await bearer(admin, "owner", "carol")
     theirs = (await api.get(f"/v1/diagnose/acme/thermo-1/{MAC}", headers=carol)).json()
     assert theirs["verdict"] == "claimed_by_other"
     assert len(theirs["evidence"]) == 1, theirs
