@@ -27,6 +27,28 @@ _LIMIT, _TALLY = RateLimit(), AuditTally()
 REPLY_BYTES = 12 + 16 + 170  # nonce + tag + a plain-key reply of protocol v1
 
 
+def bench_activation(
+    model_id: int, identifier: str, client_id: str, request_id: str, key_hash: bytes, reply: bytes
+) -> Activation:
+    """One activation's arguments as the bridge would send them (its default limits)."""
+    return Activation(
+        client_id=client_id,
+        client_limit=_LIMIT.failures,
+        device_logins=False,
+        grace_seconds=600,
+        identifier=identifier,
+        identifier_limit=_LIMIT.identifier_failures,
+        key_hash=key_hash,
+        key_id="benchkeyid",
+        model_id=model_id,
+        model_limit=_LIMIT.model_failures,
+        presented=identifier,
+        reply=reply,
+        request_id=request_id,
+        window_seconds=_LIMIT.window_seconds,
+    )
+
+
 async def run(
     dsn: str,
     model_id: int,
@@ -52,21 +74,8 @@ async def run(
             if identifier is None:
                 return
             sent_count += 1
-            activation = Activation(
-                client_id=f"bench-db-{n}",
-                client_limit=_LIMIT.failures,
-                device_logins=False,
-                grace_seconds=600,
-                identifier=identifier,
-                identifier_limit=_LIMIT.identifier_failures,
-                key_hash=key_hash,
-                key_id="benchkeyid",
-                model_id=model_id,
-                model_limit=_LIMIT.model_failures,
-                presented=identifier,
-                reply=reply,
-                request_id=f"r{sent_count}",
-                window_seconds=_LIMIT.window_seconds,
+            activation = bench_activation(
+                model_id, identifier, f"bench-db-{n}", f"r{sent_count}", key_hash, reply
             )
             arguments = statement_arguments(activation, _TALLY)
             sent = time.perf_counter()

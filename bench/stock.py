@@ -58,9 +58,10 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.services, run from anywhere
 
 from activations import MODEL, VENDOR, insert_claimed, with_database
+from dbceiling import REPLY_BYTES, bench_activation
 
 from bridge.db.activations import ACTIVATE_STATEMENT, statement_arguments
-from bridge.records import Activation, AuditTally, RateLimit
+from bridge.records import AuditTally
 from bridge.store import Store
 from tests import services
 
@@ -407,7 +408,7 @@ async def db_floor(
     call's due time. No MQTT and no Python work beyond the driver: a bridge cannot answer
     faster than the echo's round trip plus this.
     """
-    limit, tally = RateLimit(), AuditTally()
+    tally = AuditTally()
     conn = await asyncpg.connect(dsn)
     lat: list[float] = []
     try:
@@ -415,7 +416,7 @@ async def db_floor(
             "SELECT id FROM models WHERE vendor = $1 AND model = $2", VENDOR, MODEL
         )
         await conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (at timestamptz, n integer)")
-        key_hash, reply = os.urandom(32), os.urandom(198)  # a plain-key reply's size, sealed
+        key_hash, reply = os.urandom(32), os.urandom(REPLY_BYTES)
         started_at = time.perf_counter()
         for k, identifier in enumerate(identifiers):
             due = started_at + k / rate
@@ -427,21 +428,8 @@ async def db_floor(
             if what == "commit":
                 await conn.execute("INSERT INTO bench_floor VALUES (now(), $1)", k)
             else:
-                activation = Activation(
-                    client_id=f"floor-{k}",
-                    client_limit=limit.failures,
-                    device_logins=False,
-                    grace_seconds=600,
-                    identifier=identifier,
-                    identifier_limit=limit.identifier_failures,
-                    key_hash=key_hash,
-                    key_id="benchkeyid",
-                    model_id=model_id,
-                    model_limit=limit.model_failures,
-                    presented=identifier,
-                    reply=reply,
-                    request_id=f"f{k}",
-                    window_seconds=limit.window_seconds,
+                activation = bench_activation(
+                    model_id, identifier, f"floor-{k}", f"f{k}", key_hash, reply
                 )
                 row = await conn.fetchrow(
                     ACTIVATE_STATEMENT, *statement_arguments(activation, tally)
