@@ -44,9 +44,11 @@ Gate = Callable[[Scope], Awaitable[None]]
 Render = Callable[[BridgeError], Response]
 
 # The owner page runs no inline script and loads nothing from elsewhere; API
-# answers are data and may load nothing at all. Neither may be framed.
+# answers are data and may load nothing at all. Neither may be framed. The pages'
+# scripts send every form themselves: a form the browser submitted (Enter before a
+# slow script ran) would put the token typed into it in the address and the logs.
 _PAGE_POLICY: Final = (
-    "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _DATA_POLICY: Final = (
     "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
