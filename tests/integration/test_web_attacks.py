@@ -3,7 +3,7 @@ would, against the real `bridge api` process, PostgreSQL and Debian's Chromium."
 
 from __future__ import annotations
 
-from playwright.async_api import Browser, Route
+from playwright.async_api import Browser, Route, expect
 
 from bridge.admin import Admin
 from bridge.config import Settings
@@ -12,6 +12,8 @@ from tests.helpers import api_server
 from tests.integration.test_owner_page import browser
 
 __all__ = ["browser"]  # the module's Chromium fixture
+
+MAC = "00:1A:2B:3C:4D:5E"
 
 
 async def test_attack_sign_in_before_the_script_runs_puts_the_token_in_the_address(
@@ -41,3 +43,38 @@ async def test_attack_sign_in_before_the_script_runs_puts_the_token_in_the_addre
             await page.close()
         log = server.log.read_text()
         assert owner not in log and vendor not in log
+
+
+async def test_attack_enter_in_the_reason_field_sends_the_reason_in_the_address(
+    admin: Admin, settings: Settings, browser: Browser
+) -> None:
+    # The resolve form has one field and no submit button: Enter in it made the browser
+    # submit the form itself, GET support.html?reason=..., what support wrote about the
+    # owner landing in the address and the logs, and the diagnosis on screen was lost.
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    await admin.approve("acme", "thermo-1", [MAC])
+    await admin.claim("acme", "thermo-1", MAC, owner="bob")
+    vendor = (await create_token(admin.store, "vendor", "acme", actor="test")).token
+    reason = "Receipt of Alice Example, +1 555 0100, checked"
+    with api_server(settings) as server:
+        page = await browser.new_page()
+        await page.goto(f"{server.url}/static/support.html")
+        await page.fill("#token", vendor)
+        await page.press("#token", "Enter")
+        await expect(page.locator("#who-name")).to_have_text("Support for acme")
+        await page.fill("#model", "thermo-1")
+        await page.fill("#number", MAC)
+        await page.fill("#asking", "alice")
+        await page.click("#diagnose-button")
+        await expect(page.locator("#act")).to_be_visible()
+        await page.fill("#reason", reason)
+        await page.press("#reason", "Enter", no_wait_after=True)
+        await page.wait_for_timeout(500)  # a native submit navigates within this
+        address = await page.evaluate("window.location.href")
+        assert "Receipt" not in address, address
+        assert address == f"{server.url}/static/support.html", address
+        # The diagnosis and the typed reason are still on screen, nothing was resolved.
+        await expect(page.locator("#verdict-title")).not_to_be_empty()
+        await expect(page.locator("#reason")).to_have_value(reason)
+        assert (await admin.show("acme", "thermo-1", MAC)).owner == "bob"
+        await page.close()

@@ -253,6 +253,8 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("sign-out").addEventListener("click", () => signOut());
   $("search-form").addEventListener("submit", diagnose);
+  // Enter in the reason field submits this one-field form: the buttons act, not Enter.
+  $("act").addEventListener("submit", (event) => event.preventDefault());
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) signIn(saved);
 });
