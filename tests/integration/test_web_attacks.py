@@ -3,6 +3,8 @@ would, against the real `bridge api` process, PostgreSQL and Debian's Chromium."
 
 from __future__ import annotations
 
+import asyncio
+
 from playwright.async_api import Browser, Route, expect
 
 from bridge.admin import Admin
@@ -77,4 +79,47 @@ async def test_attack_enter_in_the_reason_field_sends_the_reason_in_the_address(
         await expect(page.locator("#verdict-title")).not_to_be_empty()
         await expect(page.locator("#reason")).to_have_value(reason)
         assert (await admin.show("acme", "thermo-1", MAC)).owner == "bob"
+        await page.close()
+
+
+async def test_attack_the_next_person_at_the_browser_sees_the_previous_owners_devices(
+    admin: Admin, settings: Settings, browser: Browser
+) -> None:
+    # A shared browser (a shop counter, a family tablet): alice signs out, bob signs in.
+    # Until bob's list arrived (for as long as the network liked, for good if it
+    # failed), the page showed alice's devices and history under "Signed in as bob".
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    theirs = {"alice": MAC, "bob": "00:1A:2B:3C:4D:70"}
+    await admin.approve("acme", "thermo-1", list(theirs.values()))
+    for owner, number in theirs.items():
+        await admin.claim("acme", "thermo-1", number, owner=owner)
+    tokens = {
+        o: (await create_token(admin.store, "owner", o, actor="test")).token for o in theirs
+    }
+    slow = False
+
+    async def list_devices(route: Route) -> None:
+        if slow:  # bob's list is on its way over a slow network (the real API answers)
+            await asyncio.sleep(2)
+        await route.continue_()
+
+    with api_server(settings) as server:
+        page = await browser.new_page()
+        await page.route("**/v1/devices", list_devices)
+        await page.goto(server.url)
+        await page.fill("#token", tokens["alice"])
+        await page.press("#token", "Enter")
+        await expect(page.locator(".device-number")).to_have_text([MAC])
+        await expect(page.locator("#history")).to_contain_text(MAC)
+        await page.click("#sign-out")
+
+        slow = True
+        await page.fill("#token", tokens["bob"])
+        await page.press("#token", "Enter")
+        await expect(page.locator("#who-name")).to_have_text("Signed in as bob")
+        for _ in range(3):  # while bob's list is on its way
+            assert MAC not in await page.locator("body").inner_text()
+            await page.wait_for_timeout(300)
+        await expect(page.locator(".device-number")).to_have_text([theirs["bob"]])
+        assert MAC not in await page.locator("body").inner_text()
         await page.close()
