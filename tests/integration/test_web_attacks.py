@@ -123,3 +123,39 @@ async def test_attack_the_next_person_at_the_browser_sees_the_previous_owners_de
         await expect(page.locator(".device-number")).to_have_text([theirs["bob"]])
         assert MAC not in await page.locator("body").inner_text()
         await page.close()
+
+
+async def test_attack_the_next_person_at_the_support_desk_sees_the_previous_case(
+    admin: Admin, settings: Settings, browser: Browser
+) -> None:
+    # A shared support workstation: acme's support signs out, globex's signs in. The
+    # search kept acme's model, the number and the account of the person asking, and the
+    # reason typed; the error or "done" line stayed on screen.
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    await admin.approve("acme", "thermo-1", [MAC])
+    await admin.claim("acme", "thermo-1", MAC, owner="bob")
+    acme = (await create_token(admin.store, "vendor", "acme", actor="test")).token
+    globex = (await create_token(admin.store, "vendor", "globex", actor="test")).token
+    with api_server(settings) as server:
+        page = await browser.new_page()
+        await page.goto(f"{server.url}/static/support.html")
+        await page.fill("#token", acme)
+        await page.press("#token", "Enter")
+        await expect(page.locator("#who-name")).to_have_text("Support for acme")
+        await page.fill("#model", "thermo-1")
+        await page.fill("#number", MAC)
+        await page.fill("#asking", "alice.example")
+        await page.click("#diagnose-button")
+        await expect(page.locator("#act")).to_be_visible()
+        await page.fill("#reason", "Receipt of alice.example checked")
+        await page.click("#sign-out")
+
+        await page.fill("#token", globex)
+        await page.press("#token", "Enter")
+        await expect(page.locator("#who-name")).to_have_text("Support for globex")
+        shown = await page.locator("body").inner_text()
+        typed = [await page.input_value(f"#{f}") for f in ("model", "number", "asking", "reason")]
+        for secret in (MAC, "alice.example", "bob", "thermo-1"):
+            assert secret not in shown, (secret, shown)
+            assert all(secret not in value for value in typed), (secret, typed)
+        await page.close()
