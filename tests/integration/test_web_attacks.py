@@ -4,13 +4,16 @@ would, against the real `bridge api` process, PostgreSQL and Debian's Chromium."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+import httpx
 from playwright.async_api import Browser, Route, expect
 
 from bridge.admin import Admin
 from bridge.config import Settings
 from bridge.tokens import create_token
 from tests.helpers import api_server
+from tests.integration.test_api_limits import _head, _open, _read_answer
 from tests.integration.test_owner_page import browser
 
 __all__ = ["browser"]  # the module's Chromium fixture
@@ -93,9 +96,7 @@ async def test_attack_the_next_person_at_the_browser_sees_the_previous_owners_de
     await admin.approve("acme", "thermo-1", list(theirs.values()))
     for owner, number in theirs.items():
         await admin.claim("acme", "thermo-1", number, owner=owner)
-    tokens = {
-        o: (await create_token(admin.store, "owner", o, actor="test")).token for o in theirs
-    }
+    tokens = {o: (await create_token(admin.store, "owner", o, actor="test")).token for o in theirs}
     slow = False
 
     async def list_devices(route: Route) -> None:
@@ -159,3 +160,47 @@ async def test_attack_the_next_person_at_the_support_desk_sees_the_previous_case
             assert secret not in shown, (secret, shown)
             assert all(secret not in value for value in typed), (secret, typed)
         await page.close()
+
+
+async def test_attack_one_token_takes_every_body_slot_and_locks_everyone_out(
+    admin: Admin, settings: Settings
+) -> None:
+    # Any one token (a vendor's, an owner's) trickling 32 bodies, reopened every 10 s,
+    # held every body slot of the API: every other token's claim, approval or resolve
+    # was answered 503 for as long as it liked.
+    await admin.add_model("acme", "thermo-1", kind="mac")
+    await admin.approve("acme", "thermo-1", [MAC])
+    vendor = (await create_token(admin.store, "vendor", "acme", actor="test")).token
+    owner = (await create_token(admin.store, "owner", "alice", actor="test")).token
+    with api_server(settings) as server:
+        held: list[asyncio.StreamWriter] = []
+        refused = []
+        try:
+            for _ in range(32):
+                reader, writer = await _open(server)
+                writer.write(_head("/v1/models", vendor, "Content-Length: 1000") + b'{"model": ')
+                await writer.drain()
+                held.append(writer)
+                with contextlib.suppress(TimeoutError):  # held: no answer yet
+                    refused.append(await _read_answer(reader, timeout=0.2))
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                claim = await http.post(
+                    "/v1/claims",
+                    json={"vendor": "acme", "model": "thermo-1", "identifier": MAC},
+                    headers={"Authorization": f"Bearer {owner}"},
+                )
+                more = await http.post(
+                    "/v1/models",
+                    json={"model": "m", "kind": "mac"},
+                    headers={"Authorization": f"Bearer {vendor}"},
+                )
+        finally:
+            for writer in held:
+                writer.close()
+        assert claim.status_code == 200, claim.text  # the others are served
+        # The token past its share is told so at once, in one sentence, and may retry.
+        assert refused, "every trickled body of one token was held"
+        assert {r.status for r in refused} == {429}
+        assert more.status_code == 429, more.text
+        assert more.json()["code"] == "rate_limited"
+        assert more.headers["retry-after"] == "1"
