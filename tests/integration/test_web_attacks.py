@@ -11,6 +11,7 @@ from playwright.async_api import Browser, Route, expect
 
 from bridge.admin import Admin
 from bridge.config import Settings
+from bridge.support import SupportDesk
 from bridge.tokens import create_token
 from tests.helpers import api_server
 from tests.integration.test_api_limits import _head, _open, _read_answer
@@ -204,3 +205,54 @@ async def test_attack_one_token_takes_every_body_slot_and_locks_everyone_out(
         assert more.status_code == 429, more.text
         assert more.json()["code"] == "rate_limited"
         assert more.headers["retry-after"] == "1"
+
+
+async def test_markup_in_every_shown_name_reason_and_contact_renders_as_text(
+    admin: Admin, settings: Settings, browser: Browser
+) -> None:
+    # Tried in the same run and held (kept as a guard): markup in a model name, an
+    # owner's name, a support contact, a reason and the account asking is shown as
+    # text on both pages. The policy would stop inline script, but not injected
+    # elements, so the test looks for elements, not only for script that ran.
+    model = "<img src=x id=inj-model>"
+    owner = "<b id=inj-owner>bob</b>"
+    contact = "<script id=inj-contact>window.injected = 1</script>"
+    reason = "<svg id=inj-reason onload=window.injected=1></svg>"
+    asking = "<i id=inj-asking>alice</i>"
+    other = "00:1A:2B:3C:4D:70"
+    await admin.add_model("acme", model, kind="mac")
+    await admin.approve("acme", model, [MAC, other])
+    await SupportDesk(admin).set_contact("acme", model, contact, actor="test")
+    for number in (MAC, other):
+        await admin.claim("acme", model, number, owner=owner)
+    vendor = (await create_token(admin.store, "vendor", "acme", actor="test")).token
+    owners = (await create_token(admin.store, "owner", owner, actor="test")).token
+    injected = "document.querySelectorAll('[id^=inj-]').length + (window.injected || 0)"
+    with api_server(settings) as server:
+        page = await browser.new_page()
+        await page.goto(f"{server.url}/static/support.html")
+        await page.fill("#token", vendor)
+        await page.press("#token", "Enter")
+        await page.fill("#model", model)
+        await page.fill("#number", MAC)
+        await page.fill("#asking", asking)
+        await page.click("#diagnose-button")
+        await expect(page.locator("#state-line")).to_contain_text(f"by {owner}")
+        await expect(page.locator("#contact")).to_contain_text(contact)
+        await expect(page.locator("#actions button").last).to_have_text(f"Transfer to {asking}")
+        await page.fill("#reason", reason)
+        await page.get_by_role("button", name="Release the claim").click()
+        await expect(page.locator("#done")).to_be_visible()
+        assert await page.evaluate(injected) == 0
+        await page.close()
+
+        page = await browser.new_page()
+        await page.goto(server.url)
+        await page.fill("#token", owners)
+        await page.press("#token", "Enter")
+        await expect(page.locator("#who-name")).to_have_text(f"Signed in as {owner}")
+        await expect(page.locator(".device-name")).to_have_text([f"acme / {model}"])
+        await expect(page.locator(".device-seen")).to_contain_text(f"Support: {contact}")
+        await expect(page.locator("#history")).to_contain_text(f": {reason}")
+        assert await page.evaluate(injected) == 0
+        await page.close()
