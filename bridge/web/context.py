@@ -77,14 +77,16 @@ async def _caller(
     return Caller(store, settings, principal)
 
 
-def gate(store: Store) -> Callable[[Scope], Awaitable[None]]:
-    """Authenticate from the headers alone, as HTTPBearer reads them, before any body."""
+def gate(store: Store) -> Callable[[Scope], Awaitable[str]]:
+    """Authenticate from the headers alone, as HTTPBearer reads them, before any body;
+    the token's id names the caller's share of the guard's body slots."""
 
-    async def check(scope: Scope) -> None:
+    async def check(scope: Scope) -> str:
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
         bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
         principal = await authenticate(store, bearer)
         scope.setdefault("state", {})["principal"] = principal
+        return principal.token_id
 
     return check
 

@@ -12,6 +12,8 @@ An ASGI middleware around the API (:mod:`bridge.web.app` installs it):
 - at most ``max_bodies`` authenticated requests with a body are read and
   handled at once (503 ``unavailable`` with Retry-After beyond), so memory for
   bodies and their parsed form is bounded however many connections send them;
+  one token holds at most a quarter of them (429 ``rate_limited`` beyond), so
+  that one caller cannot lock every other out;
   a body must arrive within ``BODY_SECONDS``, and only ``/v1/`` reads bodies,
   so nobody without a token can hold a slot;
 - every response, errors and the OpenAPI document included, carries the
@@ -30,23 +32,26 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge.errors import BridgeError, Malformed, TooLarge, Unavailable
+from bridge.errors import BridgeError, Malformed, RateLimited, TooLarge, Unavailable
 
 #: How long a request's body may take to arrive: a body trickled in a byte at a time
 #: would otherwise hold one of the few body slots for as long as its sender likes.
 BODY_SECONDS: Final = 10.0
 
 #: Authenticates a request from its headers (``scope``), before its body is
-#: read; raises a BridgeError (401, 503) to refuse it.
-Gate = Callable[[Scope], Awaitable[None]]
+#: read, and returns whose share of the body slots it takes (the token's id);
+#: raises a BridgeError (401, 503) to refuse it.
+Gate = Callable[[Scope], Awaitable[str]]
 
 #: Turns a refusal into the API's ``{"code", "message"}`` answer.
 Render = Callable[[BridgeError], Response]
 
 # The owner page runs no inline script and loads nothing from elsewhere; API
-# answers are data and may load nothing at all. Neither may be framed.
+# answers are data and may load nothing at all. Neither may be framed. The pages'
+# scripts send every form themselves: a form the browser submitted (Enter before a
+# slow script ran) would put the token typed into it in the address and the logs.
 _PAGE_POLICY: Final = (
-    "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _DATA_POLICY: Final = (
     "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -93,6 +98,10 @@ class RequestGuard:
         self._render = render
         self._max_bodies = max_bodies
         self._bodies = 0  # requests with a body being read or handled now
+        # A quarter each: one token trickling bodies would otherwise hold every slot,
+        # and every other caller's claim would be answered 503 for as long as it liked.
+        self._share = max(1, max_bodies // 4)
+        self._held: dict[str, int] = {}  # token id -> its requests among _bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,16 +124,15 @@ class RequestGuard:
                 }
             await send(message)
 
-        holds_body = False
+        holder: str | None = None  # whose body slot this request holds, if it holds one
         try:
             try:
-                body = await self._admit(scope, receive)
+                body, holder = await self._admit(scope, receive)
             except BridgeError as refusal:
                 await self._render(refusal)(scope, receive, send_with_headers)
                 return
-            holds_body = body is not receive
             if body is None:
-                return  # the client went away while sending
+                return  # the client went away while sending (its slot is given back)
             await self._app(scope, body, send_with_headers)
         except Exception:
             if not started:
@@ -142,11 +150,12 @@ class RequestGuard:
                 await answer(scope, receive, send_with_headers)
             raise
         finally:
-            if holds_body:
-                self._bodies -= 1
+            if holder is not None:
+                self._release(holder)
 
-    async def _admit(self, scope: Scope, receive: Receive) -> Receive | None:
-        """The request's ``receive``, its body read within the limit; or a refusal."""
+    async def _admit(self, scope: Scope, receive: Receive) -> tuple[Receive | None, str | None]:
+        """The request's ``receive``, its body read within the limit, and the token
+        whose body slot it holds (None if it holds none); or a refusal."""
         headers = Headers(scope=scope)
         declared = _content_length(headers)
         if declared is not None and declared > self._limit:
@@ -154,10 +163,16 @@ class RequestGuard:
         if not scope["path"].startswith("/v1/"):
             # Only the API takes bodies: elsewhere (the page, its files, unknown paths)
             # nothing reads one, so a stranger's slow body holds no slot.
-            return receive
-        await self._gate(scope)
+            return receive, None
+        holder = await self._gate(scope)
         if not declared and "transfer-encoding" not in headers:
-            return receive  # no body: nothing to read or count
+            return receive, None  # no body: nothing to read or count
+        if self._held.get(holder, 0) >= self._share:
+            raise RateLimited(
+                f"This token already has {self._share} requests with a body in progress, "
+                "the most one token may have at once; send the next when one is answered.",
+                retry_after=1,
+            )
         if self._bodies >= self._max_bodies:
             raise Unavailable(
                 "The API is handling as many requests with a body as it takes at once; "
@@ -165,6 +180,7 @@ class RequestGuard:
                 retry_after=1,
             )
         self._bodies += 1  # released by __call__ when the request is answered
+        self._held[holder] = self._held.get(holder, 0) + 1
         admitted = False
         try:
             async with asyncio.timeout(BODY_SECONDS):
@@ -174,13 +190,22 @@ class RequestGuard:
                 f"The request body did not arrive within {BODY_SECONDS:g} seconds; send it at once."
             ) from None
         else:
-            admitted = True
-            return body
+            admitted = body is not None
+            return body, (holder if admitted else None)
         finally:
-            # Whatever ends the reading early (too slow, too large, the task cancelled)
-            # gives the slot back here, since __call__ releases only admitted bodies.
+            # Whatever ends the reading early (too slow, too large, the task cancelled,
+            # the client gone) gives the slot back here: __call__ releases only the
+            # slots of the bodies it was handed.
             if not admitted:
-                self._bodies -= 1
+                self._release(holder)
+
+    def _release(self, holder: str) -> None:
+        self._bodies -= 1
+        left = self._held[holder] - 1
+        if left:
+            self._held[holder] = left
+        else:
+            del self._held[holder]
 
     async def _read(self, receive: Receive) -> Receive | None:
         chunks: list[bytes] = []

@@ -40,9 +40,10 @@ def error_responses(*codes: int, body: bool = False) -> dict[int | str, dict[str
     """The ``responses=`` of a route: every status it may answer besides its success.
 
     Every route may answer 401 (token), 422 (parameters) and 503 (database); a route
-    that reads a JSON body also 400 (not JSON at all) and 413 (larger than the limit).
+    that reads a JSON body also 400 (not JSON at all), 413 (larger than the limit) and
+    429 (its token already has its share of the bodies being read).
     """
-    common = (401, 422, 503, *((400, 413) if body else ()))
+    common = (401, 422, 503, *((400, 413, 429) if body else ()))
     return {status: {"model": ErrorBody} for status in sorted({*common, *codes})}
 
 

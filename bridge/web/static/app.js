@@ -75,6 +75,10 @@ async function signIn(token) {
 
 function signOut(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
+  // The next person at this browser must not see this account's devices while theirs load.
+  devices = [];
+  $("device-list").replaceChildren();
+  $("result").replaceChildren();
   $("who").hidden = true;
   $("add").hidden = true;
   $("devices").hidden = true;
@@ -138,8 +142,10 @@ async function addDevice(event) {
 // -- my devices ----------------------------------------------------------------
 
 async function loadDevices() {
+  const asked = sessionStorage.getItem(TOKEN_KEY);
   try {
     const answer = await api("GET", "/v1/devices");
+    if (sessionStorage.getItem(TOKEN_KEY) !== asked) return; // another account's now
     devices = answer.devices;
     fetchedAt = Date.now();
     renderDevices();

@@ -14,7 +14,9 @@
     if (!token) return null;
     try {
       const response = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
-      return response.ok ? await response.json() : null;
+      const answer = response.ok ? await response.json() : null;
+      // Signed out (or another account signed in) meanwhile: the answer is not theirs.
+      return sessionStorage.getItem(TOKEN_KEY) === token ? answer : null;
     } catch {
       return null;
     }
@@ -126,11 +128,13 @@
       characterData: true,
       subtree: true,
     });
-    // Signed out: the history of the account goes with its devices.
+    // Signed out: the history of the account and what was seen of its devices go with
+    // its devices, so that the next person at this browser sees none of it.
     const devices = document.getElementById("devices");
     new MutationObserver(() => {
-      const section = document.getElementById("history");
-      if (section && devices.hidden) section.hidden = true;
+      if (!devices.hidden) return;
+      seen.clear();
+      document.getElementById("history")?.remove();
     }).observe(devices, { attributes: true, attributeFilter: ["hidden"] });
   });
 })();

@@ -89,6 +89,18 @@ async function signIn(token) {
 
 function signOut(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
+  // The next person at this desk must see nothing of this case: what was typed (the
+  // number, the account asking, the reason) and what was shown go with the token.
+  current = null;
+  $("search-form").reset();
+  $("reason").value = "";
+  for (const id of ["error", "done"]) {
+    $(id).textContent = "";
+    $(id).hidden = true;
+  }
+  for (const list of [$("evidence"), $("neighbours"), $("actions"), $("timeline").tBodies[0]]) {
+    list.replaceChildren();
+  }
   $("who").hidden = true;
   $("search").hidden = true;
   $("result").hidden = true;
@@ -118,7 +130,9 @@ async function diagnose(event) {
   $("done").hidden = true;
   try {
     const query = request.asking ? `?asking=${encodeURIComponent(request.asking)}` : "";
+    const asked = sessionStorage.getItem(TOKEN_KEY);
     const found = await api("GET", diagnosePath(request.vendor, request.model, request.number) + query);
+    if (sessionStorage.getItem(TOKEN_KEY) !== asked) return; // signed out meanwhile
     current = request;
     render(found);
   } catch (error) {
@@ -228,12 +242,14 @@ async function act(action) {
   if (reason) body.reason = reason;
   if (action === "transfer") body.to = current.asking;
   $("error").hidden = true;
+  const asked = sessionStorage.getItem(TOKEN_KEY);
   try {
     const answer = await api(
       "POST",
       `${diagnosePath(current.vendor, current.model, current.number)}/resolve`,
       body,
     );
+    if (sessionStorage.getItem(TOKEN_KEY) !== asked) return; // signed out meanwhile
     $("reason").value = "";
     render(answer.diagnosis);
     $("done").textContent = answer.message;
@@ -253,6 +269,8 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("sign-out").addEventListener("click", () => signOut());
   $("search-form").addEventListener("submit", diagnose);
+  // Enter in the reason field submits this one-field form: the buttons act, not Enter.
+  $("act").addEventListener("submit", (event) => event.preventDefault());
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) signIn(saved);
 });
