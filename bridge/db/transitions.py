@@ -53,11 +53,7 @@ class Transitions(Pooled):
                 reason,
             )
         except asyncpg.LockNotAvailableError as exc:
-            raise Unavailable(
-                "An approval file is being imported into this model; try again when the "
-                "import has finished.",
-                retry_after=5,
-            ) from exc
+            raise _importing() from exc
         return row["added"], row["already"]
 
     @contextlib.asynccontextmanager
@@ -83,7 +79,10 @@ class Transitions(Pooled):
             tx = conn.transaction()
             await tx.start()
             try:
-                await conn.execute("SELECT bridge_bulk_approve_begin($1)", model.id)
+                try:
+                    await conn.execute("SELECT bridge_bulk_approve_begin($1)", model.id)
+                except asyncpg.LockNotAvailableError as exc:  # another import, 5 s on
+                    raise _importing() from exc
 
                 async def load(pairs: Sequence[tuple[str, str]]) -> tuple[int, int, int]:
                     await conn.copy_records_to_table(
@@ -256,4 +255,13 @@ def _lifecycle(row: asyncpg.Record) -> LifecycleOutcome:
     # concurrent activation cannot slip a new one past the caller that closes it.
     return LifecycleOutcome(
         row["status"], row["owner"], row["state"], row["window_ends_at"], login=row["login"]
+    )
+
+
+def _importing() -> Unavailable:
+    """An approval or an import that waited its turn behind an import for too long."""
+    return Unavailable(
+        "An approval file is being imported into this model; try again when the "
+        "import has finished.",
+        retry_after=5,
     )

@@ -181,6 +181,33 @@ async def test_an_approval_waits_for_an_import_a_while_then_is_unavailable(
     assert await store.approve(model, [("W1", "W1")], actor="t") == (1, 0)
 
 
+async def test_a_second_import_waits_for_the_first_a_while_then_is_told_why(
+    store: Store, database_url: str
+) -> None:
+    """Imports into one model take turns. A second one waited until the driver's timeout
+    (15 s) and was told "the database cannot be reached"; it waits 5 s, then hears that
+    an import is in progress, and goes through once the first has finished."""
+    model = await _acme(store)
+    importer = await asyncpg.connect(database_url)
+    try:
+        async with importer.transaction():
+            await importer.execute("SELECT bridge_bulk_approve_begin($1)", model.id)
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as refused:
+                async with store.bulk_approver(model, actor="t") as load:
+                    await load([("X1", "X1")])
+            waited = time.monotonic() - started
+    finally:
+        await importer.close()
+    assert 4.5 < waited < 10
+    assert refused.value.message == (
+        "An approval file is being imported into this model; try again when the import "
+        "has finished."
+    )
+    async with store.bulk_approver(model, actor="t") as load:
+        assert await load([("X1", "X1")]) == (1, 0, 0)
+
+
 async def test_unapprovals_beside_activation_batches_are_never_lost_to_a_deadlock(
     store: Store, database_url: str
 ) -> None:

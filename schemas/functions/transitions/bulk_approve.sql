@@ -24,10 +24,17 @@ BEGIN
     END IF;
 END $$;
 
+-- A second import into the model waits for the first up to 5 s, then fails with
+-- lock_not_available: the caller says an import is in progress, where a longer wait
+-- ran into the driver's timeout and read as "the database cannot be reached".
 CREATE OR REPLACE FUNCTION bridge_bulk_approve_begin(p_model_id bigint) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_lock_wait text := current_setting('lock_timeout');
 BEGIN
+    PERFORM set_config('lock_timeout', '5s', true);
     PERFORM bridge_lock_imports(p_model_id, true);
+    PERFORM set_config('lock_timeout', v_lock_wait, true);
     CREATE TEMPORARY TABLE approve_staging
         (identifier text NOT NULL, lookalike text NOT NULL) ON COMMIT DROP;
     -- What this import has given before: a duplicate costs the database's disk rather
