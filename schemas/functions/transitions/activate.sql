@@ -146,9 +146,10 @@ BEGIN
             INSERT INTO replies (client_id, request_id, device_id, sealed_reply, expires_at)
                  VALUES (p_client_id, p_request_id, d.id, p_reply,
                          now() + make_interval(secs => p_grace_seconds))
+            -- Keyed by device too (migration 015): a request id that this client id
+            -- sent for another device leaves that device's stored reply alone.
             ON CONFLICT ON CONSTRAINT replies_pkey DO UPDATE
-                SET device_id = EXCLUDED.device_id, sealed_reply = EXCLUDED.sealed_reply,
-                    expires_at = EXCLUDED.expires_at;
+                SET sealed_reply = EXCLUDED.sealed_reply, expires_at = EXCLUDED.expires_at;
             INSERT INTO audit_log (action, actor, client_id, request_id, vendor, model,
                                    identifier_presented, identifier, code, owner)
                  VALUES ('activate', 'device', p_client_id, p_request_id, m.vendor, m.model,

@@ -1,0 +1,9 @@
+-- 015: a stored reply belongs to its device as well as to (client id, request id).
+-- One client id may activate several devices (a gateway, without device logins), and
+-- nothing stops it from sending one request id for two of them: keyed by client id and
+-- request id alone, the second success overwrote the first's stored reply, and the
+-- identical retry of the first was answered 'already_activated' (its key lost). The
+-- retry lookups (transitions/activate.sql) already name the device.
+ALTER TABLE replies
+    DROP CONSTRAINT replies_pkey,
+    ADD CONSTRAINT replies_pkey PRIMARY KEY (client_id, request_id, device_id);
