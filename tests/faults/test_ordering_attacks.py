@@ -438,3 +438,91 @@ async def test_attack_retries_on_both_sides_of_the_grace_period(
         assert late["code"] == "already_activated" and _is_a_sentence(late), late
         assert "key" not in late
     assert await _issued(url) == {mac.replace(":", ""): 1}
+
+
+@pytest.mark.slow
+async def test_attack_one_identifier_from_two_client_ids_across_two_replicas(
+    fault_postgres: Postgres, broker: Broker
+) -> None:
+    """Each of 16 numbers sent at once from two client ids (the same request id, to make
+    them as alike as possible) to two bridges in a share group: per number exactly one
+    `ok`, the other `already_activated` with its sentence; one key recorded per number."""
+    macs = [f"02:00:00:00:F0:{n:02X}" for n in range(16)]
+    url, prefix = await mac_model(fault_postgres, "twin", macs)
+    env = {"BRIDGE_RATE_LIMIT_IDENTIFIER_FAILURES": "1000"}
+    async with replica_set(
+        database_url=url, mqtt_url=broker.url, prefix=prefix, count=2, extra_env=env
+    ) as bridges:
+        go = asyncio.Event()
+        requests = [
+            (f"twin-{side}-{n}", _request("twin-1", mac, "r-same"))
+            for n, mac in enumerate(macs)
+            for side in "ab"
+        ]
+        burst = asyncio.create_task(_burst(broker.url, prefix, requests, go))
+        await asyncio.sleep(1.5)
+        go.set()
+        replies = await burst
+    for n in range(len(macs)):
+        pair = replies[2 * n : 2 * n + 2]
+        codes = sorted(r.get("code", "ok") for r in pair)
+        assert codes == ["already_activated", "ok"], pair
+        assert all(_is_a_sentence(r) for r in pair if r["status"] == "error"), pair
+    assert await _issued(url) == {mac.replace(":", ""): 1 for mac in macs}
+    assert all(b.activations > 0 for b in bridges), [b.activations for b in bridges]
+
+
+@pytest.mark.slow
+async def test_attack_sigkill_in_the_middle_of_a_burst_loses_and_duplicates_nothing(
+    fault_postgres: Postgres, broker: Broker
+) -> None:
+    """40 devices publish at once; the bridge is SIGKILLed while it answers them and
+    started again. Every device is answered; a device answered twice (before the kill,
+    and again from the redelivered request) got the identical reply; one key per device."""
+    macs = [f"02:00:00:00:A1:{n:02X}" for n in range(40)]
+    url, prefix = await mac_model(fault_postgres, "burstkill", macs)
+    endpoint = parse_mqtt_url(broker.url)
+    seen: dict[str, list[dict[str, Any]]] = {f"bk-{n}": [] for n in range(len(macs))}
+    async with replica_set(
+        database_url=url, mqtt_url=broker.url, prefix=prefix, count=1, share_group=None
+    ) as (bridge,), contextlib.AsyncExitStack() as stack:
+        clients = []
+        for client_id in seen:
+            client = await stack.enter_async_context(
+                mqtt.client(endpoint, client_id, persistent=False)
+            )
+            await client.subscribe(protocol.reply_topic(prefix, client_id), qos=1)
+            clients.append(client)
+
+        async def listen(client: aiomqtt.Client, client_id: str) -> None:
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                seen[client_id].append(json.loads(message.payload))
+
+        listeners = [
+            asyncio.create_task(listen(c, cid)) for c, cid in zip(clients, seen, strict=True)
+        ]
+        for client, (client_id, mac) in zip(clients, zip(seen, macs, strict=True), strict=True):
+            await client.publish(
+                protocol.activate_topic(prefix, client_id),
+                _request("burstkill-1", mac, f"r-{client_id}"),
+                qos=1,
+            )
+        async with asyncio.timeout(10):
+            while sum(map(len, seen.values())) < 3:  # noqa: ASYNC110 (replies, polled)
+                await asyncio.sleep(0.005)
+        bridge.kill()
+        answered_before = sum(1 for r in seen.values() if r)
+        bridge.start()
+        await bridge.wait_subscribed()
+        async with asyncio.timeout(30):
+            while not all(seen.values()):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # any redelivered duplicate arrives
+        for task in listeners:
+            task.cancel()
+    assert answered_before < len(macs), "the kill came after every answer: no race"
+    for client_id, replies in seen.items():
+        assert replies and all(r == replies[0] for r in replies), (client_id, replies)
+        assert replies[0]["status"] == "ok", replies
+    assert await _issued(url) == {mac.replace(":", ""): 1 for mac in macs}
