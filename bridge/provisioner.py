@@ -55,6 +55,8 @@ class ActivationStore(Protocol):
 
     async def record(self, entry: AuditEntry) -> None: ...
 
+    async def holds_key(self, model_id: int, identifier: str, key_hash: bytes) -> bool: ...
+
 
 class DeviceAccounts(Protocol):
     """Broker logins for activated devices (implemented by :class:`bridge.dynsec.DynSec`)."""
@@ -236,6 +238,7 @@ class Provisioner:
         else:
             body = protocol.ok_reply(rid, model.vendor, model.model, canonical, key=key)
         aad = _replay_aad(client_id, rid)
+        key_hash = self._hasher.hash(key)
         outcome = await self._store.activate(
             Activation(
                 client_id=client_id,
@@ -245,7 +248,7 @@ class Provisioner:
                 grace_seconds=self._grace,
                 identifier=canonical,
                 identifier_limit=self._limit.identifier_failures,
-                key_hash=self._hasher.hash(key),
+                key_hash=key_hash,
                 key_id=self._hasher.key_id,
                 model_id=model.id,
                 model_limit=self._limit.model_failures,
@@ -259,7 +262,9 @@ class Provisioner:
             self._guessing(model.vendor, model.model, outcome.limited_by)
             return _rate_limited(rid, outcome.retry_after or 1, canonical)
         if outcome.code == Code.OK and outcome.replay is None:
-            await self._open_broker_account(client_id, key, outcome.replaced_client_id)
+            await self._open_broker_account(
+                client_id, key, outcome.replaced_client_id, (model.id, canonical, key_hash)
+            )
         if outcome.code == Code.OK:
             if outcome.replay is not None:
                 replayed = self._cipher.decrypt(outcome.replay, aad)
@@ -369,7 +374,11 @@ class Provisioner:
         return key
 
     async def _open_broker_account(
-        self, client_id: str, key: str, replaced_client_id: str | None
+        self,
+        client_id: str,
+        key: str,
+        replaced_client_id: str | None,
+        device: tuple[int, str, bytes],
     ) -> None:
         # The key is committed: the device must get its reply even when the broker
         # cannot be told about it now. It is logged, and a re-enable repairs it.
@@ -384,6 +393,25 @@ class Provisioner:
                 "broker login not created for an activated device",
                 extra={"event": "dynsec_failed", "client_id": client_id, "error": str(exc)},
             )
+            return
+        # A revoke, release or transfer closes the login after its own commit; one that
+        # committed after this key and before the login existed found nothing to close,
+        # and the login just opened would let the revoked key in. Asked after the login
+        # is open: a change committed later closes it itself.
+        try:
+            if await self._store.holds_key(*device):
+                return
+            await self._accounts.disable_device(client_id)
+        except BridgeError as exc:
+            log.error(  # noqa: TRY400 (one line, no traceback: the cause is in `error`)
+                "broker login opened; whether a revoke meanwhile closed the key is unknown",
+                extra={"event": "dynsec_unconfirmed", "client_id": client_id, "error": str(exc)},
+            )
+            return
+        log.info(
+            "broker login closed again: the key was revoked while it was opened",
+            extra={"event": "dynsec_closed_again", "client_id": client_id},
+        )
 
     def _guessing(self, vendor: str, model: str, limited_by: str | None) -> None:
         """Tell the operator that a model's numbers are being guessed from many client ids."""

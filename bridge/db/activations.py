@@ -247,6 +247,19 @@ class Activations(Pooled):
             else:
                 await self._pool.execute(AUDIT_INSERT, *audit_args(entry))
 
+    async def holds_key(self, model_id: int, identifier: str, key_hash: bytes) -> bool:
+        """Whether the device still holds the key of ``key_hash``: no revoke, release,
+        transfer or newer activation since it was issued."""
+        async with reachable():
+            held = await self._pool.fetchval(
+                "SELECT true FROM devices WHERE model_id = $1 AND identifier = $2"
+                " AND key_hash = $3",
+                model_id,
+                identifier,
+                key_hash,
+            )
+        return held is True
+
     async def purge_replies(self) -> int:
         """Forget replies past their grace period; returns how many."""
         async with reachable():

@@ -83,6 +83,9 @@ class FakeStore:
             raise Unavailable("The database cannot be reached now; retry after 5 seconds.")
         self.recorded.append(entry)
 
+    async def holds_key(self, model_id: int, identifier: str, key_hash: bytes) -> bool:
+        return not self.down  # no revoke happens here
+
 
 class FakeAccounts:
     def __init__(self, *, broken: bool = False) -> None:

@@ -1,0 +1,118 @@
+"""A revoke racing an activation's broker login, against `bridge serve` as a process.
+
+An activation commits its key, then creates the device's broker login; a revoke commits,
+then disables that login. Both happen after their commits, on two connections to the
+broker's dynamic-security plugin, so they can cross. Real processes: `bridge serve`
+(a child process), Mosquitto with the shipped configuration and the plugin, PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from bridge import mqtt, protocol
+from bridge.admin import Admin
+from bridge.config import Settings
+from tests.conftest import TEST_SECRET
+from tests.faults.serving import Serve
+from tests.integration import test_broker_security as secure
+from tests.integration.test_login_namespace import _opens
+
+secure_broker = secure.secure_broker
+secure_settings = secure.secure_settings
+SecureBroker = secure.SecureBroker
+
+DEVICES = 150  # enough that the bridge's login changes queue behind one another
+
+
+def _serve(settings: Settings, broker: SecureBroker, log: Path) -> Serve:
+    assert settings.database_url is not None and settings.mqtt_url is not None
+    return Serve(
+        log,
+        {
+            "BRIDGE_DATABASE_URL": settings.database_url.get_secret_value(),
+            "BRIDGE_MQTT_URL": settings.mqtt_url.get_secret_value(),
+            "BRIDGE_MQTT_CA_FILE": str(broker.ca_file),
+            "BRIDGE_TOPIC_PREFIX": settings.topic_prefix,
+            "BRIDGE_SECRET": TEST_SECRET,
+            "BRIDGE_DYNSEC": "true",
+            "BRIDGE_DYNSEC_USERNAME": "bridge-admin",
+            "BRIDGE_DYNSEC_PASSWORD": broker.admin_password,
+            "BRIDGE_CLIENT_ID": settings.mqtt_client_id,
+        },
+    )
+
+
+async def _device(
+    broker: SecureBroker, client_id: str, mac: str, go: asyncio.Event
+) -> dict[str, Any]:
+    payload = json.dumps(
+        {"v": 1, "request_id": "r-1", "vendor": "acme", "model": "race-1", "identifier": mac}
+    ).encode()
+    async with mqtt.client(broker.endpoint(), client_id, persistent=False) as client:
+        await client.subscribe(protocol.reply_topic(broker.prefix, client_id), qos=1)
+        await go.wait()
+        await client.publish(protocol.activate_topic(broker.prefix, client_id), payload, qos=1)
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            reply: dict[str, Any] = json.loads(message.payload)
+            return reply
+    raise AssertionError("the broker closed the stream")
+
+
+@pytest.mark.slow
+async def test_attack_a_revoke_racing_the_activations_login_leaves_it_closed(
+    admin: Admin, secure_broker: SecureBroker, secure_settings: Settings, tmp_path: Path
+) -> None:
+    """Each device is revoked the moment its key is committed, while `serve` is still
+    creating its broker login. Was: the revoke found no login to disable, the activation
+    then created it, and the revoked key opened the broker."""
+    macs = [f"02:00:00:00:9A:{n:02X}" for n in range(DEVICES)]
+    await admin.add_model("acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True)
+    await admin.approve("acme", "race-1", macs)
+    serve = _serve(secure_settings, secure_broker, tmp_path / "serve.log")
+    serve.start()
+    revoked: set[str] = set()
+    try:
+        await serve.wait_event("subscribed")
+        assert secure_settings.database_url is not None
+        conn = await asyncpg.connect(secure_settings.database_url.get_secret_value())
+        go = asyncio.Event()
+        devices = [
+            asyncio.create_task(_device(secure_broker, f"race-{n}", mac, go))
+            for n, mac in enumerate(macs)
+        ]
+        async with Admin.connect(secure_settings, actor="racer") as racer:
+            await asyncio.sleep(1.0)  # every device subscribed
+            go.set()
+            async with asyncio.timeout(30):
+                while len(revoked) < DEVICES:
+                    rows = await conn.fetch(
+                        "SELECT identifier FROM devices WHERE key_hash IS NOT NULL"
+                    )
+                    for row in rows:
+                        if row["identifier"] not in revoked:
+                            revoked.add(row["identifier"])
+                            await racer.revoke("acme", "race-1", row["identifier"], reason="race")
+                    await asyncio.sleep(0.002)
+        replies = await asyncio.gather(*devices)
+        await conn.close()
+        await asyncio.sleep(1.0)  # the bridge's last login changes are done
+        opened = [
+            f"race-{n}"
+            for n, reply in enumerate(replies)
+            if reply["status"] == "ok"
+            and await _opens(secure_broker, f"race-{n}", reply["key"], f"race-{n}")
+        ]
+    finally:
+        with contextlib.suppress(Exception):
+            await serve.terminate()
+    assert all(r["status"] == "ok" for r in replies), replies
+    assert opened == [], f"{len(opened)} revoked keys open the broker: {opened}"
