@@ -36,6 +36,7 @@ from bridge.records import (
     Activation,
     ActivationOutcome,
     AuditEntry,
+    LoginOpened,
     ModelRow,
     RateLimit,
     Refusal,
@@ -55,7 +56,7 @@ class ActivationStore(Protocol):
 
     async def record(self, entry: AuditEntry) -> None: ...
 
-    async def holds_key(self, model_id: int, identifier: str, key_hash: bytes) -> bool: ...
+    async def login_opened(self, login: LoginOpened) -> bool: ...
 
 
 class DeviceAccounts(Protocol):
@@ -239,6 +240,13 @@ class Provisioner:
             body = protocol.ok_reply(rid, model.vendor, model.model, canonical, key=key)
         aad = _replay_aad(client_id, rid)
         key_hash = self._hasher.hash(key)
+        # Kept with the stored reply until the device's broker login is open (see
+        # _open_broker_account): a sealed reply is the device's alone to read.
+        login_key = (
+            self._cipher.encrypt(key.encode(), _login_aad(client_id, rid))
+            if self._accounts is not None
+            else None
+        )
         outcome = await self._store.activate(
             Activation(
                 client_id=client_id,
@@ -250,6 +258,7 @@ class Provisioner:
                 identifier_limit=self._limit.identifier_failures,
                 key_hash=key_hash,
                 key_id=self._hasher.key_id,
+                login_key=login_key,
                 model_id=model.id,
                 model_limit=self._limit.model_failures,
                 presented=request.identifier,
@@ -261,11 +270,9 @@ class Provisioner:
         if outcome.code == Code.RATE_LIMITED:
             self._guessing(model.vendor, model.model, outcome.limited_by)
             return _rate_limited(rid, outcome.retry_after or 1, canonical)
-        if outcome.code == Code.OK and outcome.replay is None:
-            await self._open_broker_account(
-                client_id, key, outcome.replaced_client_id, (model.id, canonical, key_hash)
-            )
         if outcome.code == Code.OK:
+            opened = LoginOpened(client_id, rid, model.id, canonical, key_hash)
+            await self._open_login_of(outcome, opened, key)
             if outcome.replay is not None:
                 replayed = self._cipher.decrypt(outcome.replay, aad)
                 if replayed is None:
@@ -373,17 +380,40 @@ class Provisioner:
         self._enrollment_keys[cache_key] = key
         return key
 
+    async def _open_login_of(
+        self, outcome: ActivationOutcome, opened: LoginOpened, key: str
+    ) -> None:
+        """Open the broker login of a success: a new key's, or a replayed one's still pending."""
+        if outcome.replay is None:
+            await self._open_broker_account(opened, key, outcome.replaced_client_id)
+            return
+        if outcome.login_key is None:  # opened when the key was issued
+            return
+        # The bridge that issued this key stopped before its login was open (or the
+        # broker refused it then): open it now, before the device is told its key.
+        kept = self._cipher.decrypt(
+            outcome.login_key, _login_aad(opened.client_id, opened.request_id)
+        )
+        if kept is None:  # kept under a secret this bridge no longer has
+            log.error(
+                "broker login of an issued key cannot be opened: its key was kept under "
+                "another server secret; re-enable the device",
+                extra={"event": "dynsec_pending_unreadable", "client_id": opened.client_id},
+            )
+            return
+        issued = kept.decode()
+        opened = dataclasses.replace(opened, key_hash=self._hasher.hash(issued))
+        await self._open_broker_account(opened, issued, None)
+
     async def _open_broker_account(
-        self,
-        client_id: str,
-        key: str,
-        replaced_client_id: str | None,
-        device: tuple[int, str, bytes],
+        self, opened: LoginOpened, key: str, replaced_client_id: str | None
     ) -> None:
         # The key is committed: the device must get its reply even when the broker
-        # cannot be told about it now. It is logged, and a re-enable repairs it.
+        # cannot be told about it now. It is logged, and the identical retry (the key
+        # is kept until the login is open) or a re-enable repairs it.
         if self._accounts is None:
             return
+        client_id = opened.client_id
         try:
             await self._accounts.upsert_device(client_id, key)
             if replaced_client_id is not None:  # the old key's login must not stay open
@@ -399,7 +429,7 @@ class Provisioner:
         # and the login just opened would let the revoked key in. Asked after the login
         # is open: a change committed later closes it itself.
         try:
-            if await self._store.holds_key(*device):
+            if await self._store.login_opened(opened):
                 return
             await self._accounts.disable_device(client_id)
         except BridgeError as exc:
@@ -478,6 +508,11 @@ def _replay_aad(client_id: str, request_id: str) -> bytes:
     # Binds a stored reply to its (client id, request id): a row copied onto
     # another request does not decrypt.
     return f"{client_id}\x00{request_id}".encode()
+
+
+def _login_aad(client_id: str, request_id: str) -> bytes:
+    # As _replay_aad, and apart from it: a stored reply never decrypts as a login key.
+    return f"login\x00{client_id}\x00{request_id}".encode()
 
 
 def _not_approved(model: ModelRow, canonical: str) -> str:

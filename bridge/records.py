@@ -53,9 +53,26 @@ class ActivationOutcome:
     #: with "rate_limited": the limit passed, "client", or "identifier" / "model" (a
     #: failure from many client ids, answered without its reason: guessing suspected)
     limited_by: str | None = None
+    #: with a replayed "ok": the key of a broker login that may not be open yet (the
+    #: bridge that issued it stopped before it was), encrypted; None once it is open
+    login_key: bytes | None = None
 
     def __post_init__(self) -> None:
         _as_code(self, "code")
+
+
+@dataclass(frozen=True)
+class LoginOpened:
+    """An issued key whose broker login was just opened (see ``Store.login_opened``)."""
+
+    client_id: str
+    request_id: str
+    model_id: int
+    identifier: str
+    key_hash: bytes
+
+    def __repr__(self) -> str:  # the hash is not the key, but it has no business in logs
+        return f"LoginOpened(client_id={self.client_id!r}, request_id={self.request_id!r})"
 
 
 @dataclass(frozen=True)
@@ -253,6 +270,10 @@ class Activation:
     identifier_limit: int
     key_hash: bytes
     key_id: str
+    #: where devices get broker logins: the key, encrypted under the server secret, kept
+    #: with the stored reply until its login is open, so a bridge killed between the
+    #: commit and the login opens it on the retry (keyword only: None without logins)
+    login_key: bytes | None = field(default=None, kw_only=True, metadata={"sql": "bytea"})
     model_id: int = field(metadata={"sql": "bigint"})
     model_limit: int
     presented: str

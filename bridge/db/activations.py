@@ -18,7 +18,15 @@ import asyncpg
 
 from bridge.db.audit import AUDIT_INSERT, audit_args
 from bridge.db.pool import Pooled, reachable, retrying_deadlocks
-from bridge.records import Activation, ActivationOutcome, AuditEntry, AuditTally, RateLimit, Refusal
+from bridge.records import (
+    Activation,
+    ActivationOutcome,
+    AuditEntry,
+    AuditTally,
+    LoginOpened,
+    RateLimit,
+    Refusal,
+)
 
 _SQL_TYPES = {"str": "text", "int": "integer", "bytes": "bytea", "bool": "boolean"}
 #: (name, SQL type) of each field of an Activation, in the record's (name) order.
@@ -31,7 +39,7 @@ _FIELDS = [
 _TALLY = f"p_tally_clients => ${len(_FIELDS) + 1}::integer, " + (
     f"p_tally_window_seconds => ${len(_FIELDS) + 2}::integer"
 )
-_RESULT = "code, replay, window_ends_at, retry_after, replaced_client_id, limited_by"
+_RESULT = "code, replay, window_ends_at, retry_after, replaced_client_id, limited_by, login_key"
 
 #: The bridge's activation statement for one activation; its arguments are
 #: :func:`statement_arguments` (bench/dbceiling.py runs it as it is).
@@ -182,6 +190,7 @@ def _outcome(row: Any) -> ActivationOutcome:
         row["retry_after"],
         row["replaced_client_id"],
         row["limited_by"],
+        row["login_key"],
     )
 
 
@@ -247,16 +256,27 @@ class Activations(Pooled):
             else:
                 await self._pool.execute(AUDIT_INSERT, *audit_args(entry))
 
-    async def holds_key(self, model_id: int, identifier: str, key_hash: bytes) -> bool:
-        """Whether the device still holds the key of ``key_hash``: no revoke, release,
-        transfer or newer activation since it was issued."""
+    async def login_opened(self, login: LoginOpened) -> bool:
+        """The broker login of an issued key is open: forget the key kept for it.
+
+        Returns whether the device still holds that key (no revoke, release, transfer
+        or newer activation since it was issued); when it does not, the caller closes
+        the login again. One round trip.
+        """
         async with reachable():
             held = await self._pool.fetchval(
-                "SELECT true FROM devices WHERE model_id = $1 AND identifier = $2"
-                " AND key_hash = $3",
-                model_id,
-                identifier,
-                key_hash,
+                "WITH held AS (SELECT id FROM devices WHERE model_id = $1"
+                " AND identifier = $2 AND key_hash = $3),"
+                " forgotten AS (UPDATE replies SET login_key = NULL"
+                " WHERE client_id = $4 AND request_id = $5"
+                " AND device_id = (SELECT d.id FROM devices d WHERE d.model_id = $1"
+                " AND d.identifier = $2) AND login_key IS NOT NULL)"
+                " SELECT EXISTS (SELECT 1 FROM held)",
+                login.model_id,
+                login.identifier,
+                login.key_hash,
+                login.client_id,
+                login.request_id,
             )
         return held is True
 

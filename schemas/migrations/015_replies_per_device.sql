@@ -7,3 +7,9 @@
 ALTER TABLE replies
     DROP CONSTRAINT replies_pkey,
     ADD CONSTRAINT replies_pkey PRIMARY KEY (client_id, request_id, device_id);
+
+-- Where devices get broker logins, the login is opened after the key's commit: a bridge
+-- killed in between left an issued key that opened nothing, and a replay cannot open it
+-- (a sealed reply is the device's to read). The key, encrypted under the server secret,
+-- waits here until its login is open, and is then forgotten.
+ALTER TABLE replies ADD COLUMN login_key bytea;

@@ -116,3 +116,48 @@ async def test_attack_a_revoke_racing_the_activations_login_leaves_it_closed(
             await serve.terminate()
     assert all(r["status"] == "ok" for r in replies), replies
     assert opened == [], f"{len(opened)} revoked keys open the broker: {opened}"
+
+
+@pytest.mark.slow
+async def test_attack_sigkill_between_the_commit_and_the_login(
+    admin: Admin, secure_broker: SecureBroker, secure_settings: Settings, tmp_path: Path
+) -> None:
+    """`serve` is SIGKILLed while keys are committed and their logins still queued, then
+    started again: every device gets its key (the stored reply, from the redelivered
+    request), and every key opens the broker."""
+    macs = [f"02:00:00:00:9B:{n:02X}" for n in range(DEVICES)]
+    await admin.add_model("acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True)
+    await admin.approve("acme", "race-1", macs)
+    serve = _serve(secure_settings, secure_broker, tmp_path / "serve.log")
+    serve.start()
+    try:
+        await serve.wait_event("subscribed")
+        assert secure_settings.database_url is not None
+        conn = await asyncpg.connect(secure_settings.database_url.get_secret_value())
+        go = asyncio.Event()
+        devices = [
+            asyncio.create_task(_device(secure_broker, f"kill-{n}", mac, go))
+            for n, mac in enumerate(macs)
+        ]
+        await asyncio.sleep(1.0)
+        go.set()
+        committed = "SELECT count(*) FROM devices WHERE key_hash IS NOT NULL"
+        async with asyncio.timeout(30):
+            while await conn.fetchval(committed) < 30:  # noqa: ASYNC110 (another process)
+                await asyncio.sleep(0.002)
+        serve.kill()
+        await conn.close()
+        serve.start()
+        replies = await asyncio.wait_for(asyncio.gather(*devices), 60)
+        await asyncio.sleep(1.0)
+        closed = [
+            f"kill-{n}"
+            for n, reply in enumerate(replies)
+            if reply["status"] == "ok"
+            and not await _opens(secure_broker, f"kill-{n}", reply["key"], f"kill-{n}")
+        ]
+    finally:
+        with contextlib.suppress(Exception):
+            await serve.terminate()
+    assert all(r["status"] == "ok" for r in replies), replies
+    assert closed == [], f"{len(closed)} issued keys do not open the broker: {closed}"

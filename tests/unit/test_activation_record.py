@@ -51,5 +51,5 @@ def test_statements_pass_every_argument_by_name() -> None:
         window_seconds=6,
     )
     arguments = statement_arguments(activation, AuditTally(window_seconds=7, clients=8))
-    assert arguments == ("c", 1, True, 2, "i", 3, b"h", "k", 4, 5, "p", b"r", "q", 6, 8, 7)
+    assert arguments == ("c", 1, True, 2, "i", 3, b"h", "k", None, 4, 5, "p", b"r", "q", 6, 8, 7)
     assert ACTIVATE_STATEMENT.count("$") == len(arguments)

@@ -23,7 +23,15 @@ from bridge.codes import REPLY_CODES, Code
 from bridge.errors import BrokerAdminError, Unavailable
 from bridge.logins import LoginNamespace
 from bridge.provisioner import Provisioner, Reply
-from bridge.records import Activation, ActivationOutcome, AuditEntry, ModelRow, RateLimit, Refusal
+from bridge.records import (
+    Activation,
+    ActivationOutcome,
+    AuditEntry,
+    LoginOpened,
+    ModelRow,
+    RateLimit,
+    Refusal,
+)
 
 SECRET = b"unit-test-secret-" + bytes(range(32))
 SEALED = ModelRow(1, "acme", "thermo-1", "mac", None, 86_400, claim_required=True)
@@ -83,7 +91,7 @@ class FakeStore:
             raise Unavailable("The database cannot be reached now; retry after 5 seconds.")
         self.recorded.append(entry)
 
-    async def holds_key(self, model_id: int, identifier: str, key_hash: bytes) -> bool:
+    async def login_opened(self, login: LoginOpened) -> bool:
         return not self.down  # no revoke happens here
 
 

@@ -48,6 +48,7 @@ CREATE FUNCTION bridge_activate(
     p_identifier_limit      integer,
     p_key_hash              bytea,
     p_key_id                text,
+    p_login_key             bytea,
     p_model_id              bigint,
     p_model_limit           integer,
     p_presented             text,
@@ -57,7 +58,7 @@ CREATE FUNCTION bridge_activate(
     p_tally_window_seconds  integer,
     p_window_seconds        integer
 ) RETURNS TABLE (code text, replay bytea, window_ends_at timestamptz, retry_after integer,
-                 replaced_client_id text, limited_by text)
+                 replaced_client_id text, limited_by text, login_key bytea)
 LANGUAGE plpgsql AS $$
 DECLARE
     m          models%ROWTYPE;
@@ -65,6 +66,7 @@ DECLARE
     v_owner    text;
     v_code     text;
     v_replay   bytea;
+    v_login    bytea;
     v_detail   text;
     v_limited  text;
     v_retry    integer;
@@ -74,7 +76,7 @@ BEGIN
     SELECT * INTO m FROM models WHERE id = p_model_id;
 
     -- 1. Retry beats throttle.
-    SELECT r.sealed_reply, o.name INTO v_replay, v_owner
+    SELECT r.sealed_reply, r.login_key, o.name INTO v_replay, v_login, v_owner
       FROM replies r JOIN devices rd ON rd.id = r.device_id
       LEFT JOIN owners o ON o.id = rd.owner_id
      WHERE r.client_id = p_client_id AND r.request_id = p_request_id
@@ -85,7 +87,7 @@ BEGIN
                              'device', p_client_id, p_request_id, m.vendor, m.model,
                              p_presented, p_identifier, 'replayed the stored reply', v_owner);
         RETURN QUERY SELECT 'ok'::text, v_replay, NULL::timestamptz, NULL::integer,
-                            NULL::text, NULL::text;
+                            NULL::text, NULL::text, v_login;
         RETURN;
     END IF;
 
@@ -106,7 +108,7 @@ BEGIN
         SELECT * INTO d FROM devices
          WHERE model_id = p_model_id AND identifier = p_identifier FOR UPDATE;
         IF FOUND THEN
-            SELECT r.sealed_reply INTO v_replay FROM replies r
+            SELECT r.sealed_reply, r.login_key INTO v_replay, v_login FROM replies r
              WHERE r.client_id = p_client_id AND r.request_id = p_request_id
                AND r.device_id = d.id AND r.expires_at > now();
             -- Read after the lock, in a statement of its own: it sees the owner of a
@@ -143,13 +145,15 @@ BEGIN
                    activated_at = now(), window_ends_at = NULL, updated_at = now(),
                    client_id = p_client_id
              WHERE id = d.id;
-            INSERT INTO replies (client_id, request_id, device_id, sealed_reply, expires_at)
+            INSERT INTO replies (client_id, request_id, device_id, sealed_reply, expires_at,
+                                 login_key)
                  VALUES (p_client_id, p_request_id, d.id, p_reply,
-                         now() + make_interval(secs => p_grace_seconds))
+                         now() + make_interval(secs => p_grace_seconds), p_login_key)
             -- Keyed by device too (migration 015): a request id that this client id
             -- sent for another device leaves that device's stored reply alone.
             ON CONFLICT ON CONSTRAINT replies_pkey DO UPDATE
-                SET sealed_reply = EXCLUDED.sealed_reply, expires_at = EXCLUDED.expires_at;
+                SET sealed_reply = EXCLUDED.sealed_reply, expires_at = EXCLUDED.expires_at,
+                    login_key = EXCLUDED.login_key;
             INSERT INTO audit_log (action, actor, client_id, request_id, vendor, model,
                                    identifier_presented, identifier, code, owner)
                  VALUES ('activate', 'device', p_client_id, p_request_id, m.vendor, m.model,
@@ -157,7 +161,7 @@ BEGIN
             -- A new key: hand back who held the previous one (a re-activation from
             -- another client id), whose broker login must close.
             RETURN QUERY SELECT 'ok'::text, NULL::bytea, d.window_ends_at, NULL::integer,
-                                NULLIF(d.client_id, p_client_id), NULL::text;
+                                NULLIF(d.client_id, p_client_id), NULL::text, NULL::bytea;
             RETURN;
         END IF;
 
@@ -195,5 +199,6 @@ BEGIN
     PERFORM bridge_tally(p_tally_window_seconds, p_tally_clients, 'activate', v_code,
                          'device', p_client_id, p_request_id, m.vendor, m.model,
                          p_presented, p_identifier, v_detail, v_owner);
-    RETURN QUERY SELECT v_code, v_replay, d.window_ends_at, v_retry, NULL::text, v_limited;
+    RETURN QUERY SELECT v_code, v_replay, d.window_ends_at, v_retry, NULL::text, v_limited,
+                        v_login;
 END $$;
