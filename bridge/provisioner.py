@@ -403,7 +403,7 @@ class Provisioner:
             return
         issued = kept.decode()
         opened = dataclasses.replace(opened, key_hash=self._hasher.hash(issued))
-        await self._open_broker_account(opened, issued, None)
+        await self._open_broker_account(opened, issued, outcome.replaced_client_id)
 
     async def _open_broker_account(
         self, opened: LoginOpened, key: str, replaced_client_id: str | None

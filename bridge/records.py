@@ -49,7 +49,9 @@ class ActivationOutcome:
     replay: bytes | None
     window_ends_at: datetime | None
     retry_after: int | None = None  # set with code "rate_limited"
-    replaced_client_id: str | None = None  # a new key replaced the one this client held
+    #: a new key replaced the one this client id held (also with a replay whose
+    #: login_key is set: the replaced login may still be open)
+    replaced_client_id: str | None = None
     #: with "rate_limited": the limit passed, "client", or "identifier" / "model" (a
     #: failure from many client ids, answered without its reason: guessing suspected)
     limited_by: str | None = None

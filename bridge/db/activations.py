@@ -267,7 +267,7 @@ class Activations(Pooled):
             held = await self._pool.fetchval(
                 "WITH held AS (SELECT id FROM devices WHERE model_id = $1"
                 " AND identifier = $2 AND key_hash = $3),"
-                " forgotten AS (UPDATE replies SET login_key = NULL"
+                " forgotten AS (UPDATE replies SET login_key = NULL, login_replaces = NULL"
                 " WHERE client_id = $4 AND request_id = $5"
                 " AND device_id = (SELECT d.id FROM devices d WHERE d.model_id = $1"
                 " AND d.identifier = $2) AND login_key IS NOT NULL)"

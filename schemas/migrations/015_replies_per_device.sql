@@ -11,5 +11,7 @@ ALTER TABLE replies
 -- Where devices get broker logins, the login is opened after the key's commit: a bridge
 -- killed in between left an issued key that opened nothing, and a replay cannot open it
 -- (a sealed reply is the device's to read). The key, encrypted under the server secret,
--- waits here until its login is open, and is then forgotten.
-ALTER TABLE replies ADD COLUMN login_key bytea;
+-- waits here until its login is open, and is then forgotten; so does the client id whose
+-- login held the device's previous key (a re-activation from another client id), which
+-- must close.
+ALTER TABLE replies ADD COLUMN login_key bytea, ADD COLUMN login_replaces text;

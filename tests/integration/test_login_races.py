@@ -161,3 +161,64 @@ async def test_attack_sigkill_between_the_commit_and_the_login(
             await serve.terminate()
     assert all(r["status"] == "ok" for r in replies), replies
     assert closed == [], f"{len(closed)} issued keys do not open the broker: {closed}"
+
+
+@pytest.mark.slow
+async def test_attack_sigkill_during_a_reactivation_from_another_client_id(
+    admin: Admin, secure_broker: SecureBroker, secure_settings: Settings, tmp_path: Path
+) -> None:
+    """Devices activated from one client id, re-enabled, activate again from another;
+    `serve` is SIGKILLed in the middle. Afterwards every new key opens the broker under
+    its new client id, and no old key opens it under the old one."""
+    macs = [f"02:00:00:00:9C:{n:02X}" for n in range(DEVICES)]
+    await admin.add_model("acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True)
+    await admin.approve("acme", "race-1", macs)
+    serve = _serve(secure_settings, secure_broker, tmp_path / "serve.log")
+    serve.start()
+    try:
+        await serve.wait_event("subscribed")
+        go = asyncio.Event()
+        firsts = [
+            asyncio.create_task(_device(secure_broker, f"old-{n}", mac, go))
+            for n, mac in enumerate(macs)
+        ]
+        await asyncio.sleep(1.0)
+        go.set()
+        old = await asyncio.wait_for(asyncio.gather(*firsts), 60)
+        assert all(r["status"] == "ok" for r in old), old
+        for mac in macs:
+            await admin.reenable("acme", "race-1", mac, reason="moved")
+        assert secure_settings.database_url is not None
+        conn = await asyncpg.connect(secure_settings.database_url.get_secret_value())
+        go = asyncio.Event()
+        seconds = [
+            asyncio.create_task(_device(secure_broker, f"new-{n}", mac, go))
+            for n, mac in enumerate(macs)
+        ]
+        await asyncio.sleep(1.0)
+        go.set()
+        moved = "SELECT count(*) FROM devices WHERE client_id LIKE 'new-%'"
+        async with asyncio.timeout(30):
+            while await conn.fetchval(moved) < 30:  # noqa: ASYNC110 (another process)
+                await asyncio.sleep(0.002)
+        serve.kill()
+        await conn.close()
+        serve.start()
+        new = await asyncio.wait_for(asyncio.gather(*seconds), 60)
+        await asyncio.sleep(1.0)
+        assert all(r["status"] == "ok" for r in new), new
+        old_open = [
+            n
+            for n in range(DEVICES)
+            if await _opens(secure_broker, f"old-{n}", old[n]["key"], f"old-{n}")
+        ]
+        new_closed = [
+            n
+            for n in range(DEVICES)
+            if not await _opens(secure_broker, f"new-{n}", new[n]["key"], f"new-{n}")
+        ]
+    finally:
+        with contextlib.suppress(Exception):
+            await serve.terminate()
+    assert new_closed == [], f"{len(new_closed)} new keys do not open the broker"
+    assert old_open == [], f"{len(old_open)} replaced keys still open the broker: {old_open}"

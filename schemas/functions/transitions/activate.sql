@@ -67,6 +67,7 @@ DECLARE
     v_code     text;
     v_replay   bytea;
     v_login    bytea;
+    v_replaces text;
     v_detail   text;
     v_limited  text;
     v_retry    integer;
@@ -76,7 +77,8 @@ BEGIN
     SELECT * INTO m FROM models WHERE id = p_model_id;
 
     -- 1. Retry beats throttle.
-    SELECT r.sealed_reply, r.login_key, o.name INTO v_replay, v_login, v_owner
+    SELECT r.sealed_reply, r.login_key, r.login_replaces, o.name
+      INTO v_replay, v_login, v_replaces, v_owner
       FROM replies r JOIN devices rd ON rd.id = r.device_id
       LEFT JOIN owners o ON o.id = rd.owner_id
      WHERE r.client_id = p_client_id AND r.request_id = p_request_id
@@ -87,7 +89,7 @@ BEGIN
                              'device', p_client_id, p_request_id, m.vendor, m.model,
                              p_presented, p_identifier, 'replayed the stored reply', v_owner);
         RETURN QUERY SELECT 'ok'::text, v_replay, NULL::timestamptz, NULL::integer,
-                            NULL::text, NULL::text, v_login;
+                            v_replaces, NULL::text, v_login;
         RETURN;
     END IF;
 
@@ -108,7 +110,8 @@ BEGIN
         SELECT * INTO d FROM devices
          WHERE model_id = p_model_id AND identifier = p_identifier FOR UPDATE;
         IF FOUND THEN
-            SELECT r.sealed_reply, r.login_key INTO v_replay, v_login FROM replies r
+            SELECT r.sealed_reply, r.login_key, r.login_replaces
+              INTO v_replay, v_login, v_replaces FROM replies r
              WHERE r.client_id = p_client_id AND r.request_id = p_request_id
                AND r.device_id = d.id AND r.expires_at > now();
             -- Read after the lock, in a statement of its own: it sees the owner of a
@@ -145,15 +148,20 @@ BEGIN
                    activated_at = now(), window_ends_at = NULL, updated_at = now(),
                    client_id = p_client_id
              WHERE id = d.id;
+            -- With device logins, the key and the login it replaces wait here until the
+            -- login is open (bridge.provisioner, _open_login_of): a bridge killed before
+            -- then leaves them to the replay.
             INSERT INTO replies (client_id, request_id, device_id, sealed_reply, expires_at,
-                                 login_key)
+                                 login_key, login_replaces)
                  VALUES (p_client_id, p_request_id, d.id, p_reply,
-                         now() + make_interval(secs => p_grace_seconds), p_login_key)
+                         now() + make_interval(secs => p_grace_seconds), p_login_key,
+                         CASE WHEN p_login_key IS NOT NULL
+                              THEN NULLIF(d.client_id, p_client_id) END)
             -- Keyed by device too (migration 015): a request id that this client id
             -- sent for another device leaves that device's stored reply alone.
             ON CONFLICT ON CONSTRAINT replies_pkey DO UPDATE
                 SET sealed_reply = EXCLUDED.sealed_reply, expires_at = EXCLUDED.expires_at,
-                    login_key = EXCLUDED.login_key;
+                    login_key = EXCLUDED.login_key, login_replaces = EXCLUDED.login_replaces;
             INSERT INTO audit_log (action, actor, client_id, request_id, vendor, model,
                                    identifier_presented, identifier, code, owner)
                  VALUES ('activate', 'device', p_client_id, p_request_id, m.vendor, m.model,
@@ -199,6 +207,6 @@ BEGIN
     PERFORM bridge_tally(p_tally_window_seconds, p_tally_clients, 'activate', v_code,
                          'device', p_client_id, p_request_id, m.vendor, m.model,
                          p_presented, p_identifier, v_detail, v_owner);
-    RETURN QUERY SELECT v_code, v_replay, d.window_ends_at, v_retry, NULL::text, v_limited,
+    RETURN QUERY SELECT v_code, v_replay, d.window_ends_at, v_retry, v_replaces, v_limited,
                         v_login;
 END $$;
