@@ -32,7 +32,7 @@ SecureBroker = secure.SecureBroker
 DEVICES = 150  # enough that the bridge's login changes queue behind one another
 
 
-def _serve(settings: Settings, broker: SecureBroker, log: Path) -> Serve:
+def _serve(settings: Settings, broker: SecureBroker, log: Path, **env: str) -> Serve:
     assert settings.database_url is not None and settings.mqtt_url is not None
     return Serve(
         log,
@@ -46,6 +46,7 @@ def _serve(settings: Settings, broker: SecureBroker, log: Path) -> Serve:
             "BRIDGE_DYNSEC_USERNAME": "bridge-admin",
             "BRIDGE_DYNSEC_PASSWORD": broker.admin_password,
             "BRIDGE_CLIENT_ID": settings.mqtt_client_id,
+            **env,
         },
     )
 
@@ -222,3 +223,75 @@ async def test_attack_sigkill_during_a_reactivation_from_another_client_id(
             await serve.terminate()
     assert new_closed == [], f"{len(new_closed)} new keys do not open the broker"
     assert old_open == [], f"{len(old_open)} replaced keys still open the broker: {old_open}"
+
+
+@pytest.mark.slow
+async def test_attack_one_client_id_for_two_devices_at_once_on_two_bridges(
+    admin: Admin, secure_broker: SecureBroker, secure_settings: Settings, tmp_path: Path
+) -> None:
+    """With device logins a client id is one device's login. 20 client ids each send
+    two numbers at once, to two bridges of a share group: per client id exactly one
+    `ok`, the other `client_id_reserved` with its sentence, and the key opens the broker."""
+    pairs = 20
+    macs = [f"02:00:00:00:9D:{n:02X}" for n in range(2 * pairs)]
+    await admin.add_model("acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True)
+    await admin.approve("acme", "race-1", macs)
+    bridges = [
+        _serve(
+            secure_settings.model_copy(
+                update={"client_id": f"{secure_settings.mqtt_client_id}-{n}"}
+            ),
+            secure_broker,
+            tmp_path / f"serve-{n}.log",
+            BRIDGE_SHARE_GROUP="twins",
+        )
+        for n in range(2)
+    ]
+    for bridge in bridges:
+        bridge.start()
+    try:
+        for bridge in bridges:
+            await bridge.wait_event("subscribed")
+        go = asyncio.Event()
+        tasks = [
+            asyncio.create_task(_pair(secure_broker, f"pair-{n}", macs[2 * n : 2 * n + 2], go))
+            for n in range(pairs)
+        ]
+        await asyncio.sleep(1.0)
+        go.set()
+        replies = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        opened = 0
+        for n, pair in enumerate(replies):
+            codes = sorted(r.get("code", "ok") for r in pair)
+            assert codes == ["client_id_reserved", "ok"], pair
+            (reply,) = [r for r in pair if r["status"] == "ok"]
+            (refused,) = [r for r in pair if r["status"] == "error"]
+            assert refused["message"].endswith("client id of its own."), refused
+            opened += await _opens(secure_broker, f"pair-{n}", reply["key"], f"pair-{n}")
+    finally:
+        for bridge in bridges:
+            with contextlib.suppress(Exception):
+                await bridge.terminate()
+    assert opened == pairs
+    served = [len(b.events("activation")) for b in bridges]
+    assert all(served), served
+
+
+async def _pair(
+    broker: SecureBroker, client_id: str, macs: list[str], go: asyncio.Event
+) -> list[dict[str, Any]]:
+    """Two requests (two numbers) published back to back by one client id; both replies."""
+    async with mqtt.client(broker.endpoint(), client_id, persistent=False) as client:
+        await client.subscribe(protocol.reply_topic(broker.prefix, client_id), qos=1)
+        await go.wait()
+        for n, mac in enumerate(macs):
+            body = {"v": 1, "request_id": f"r-{n}", "vendor": "acme", "model": "race-1"}
+            payload = json.dumps({**body, "identifier": mac}).encode()
+            await client.publish(protocol.activate_topic(broker.prefix, client_id), payload, qos=1)
+        replies: list[dict[str, Any]] = []
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            replies.append(json.loads(message.payload))
+            if len(replies) == len(macs):
+                return replies
+    raise AssertionError("the broker closed the stream")
