@@ -295,3 +295,34 @@ async def _pair(
             if len(replies) == len(macs):
                 return replies
     raise AssertionError("the broker closed the stream")
+
+
+@pytest.mark.slow
+async def test_attack_client_ids_at_the_limit_get_a_login_of_their_own(
+    admin: Admin, secure_broker: SecureBroker, secure_settings: Settings, tmp_path: Path
+) -> None:
+    """128-character client ids of every allowed character, and one-character ones made
+    of punctuation, become broker logins that open with their key and only theirs."""
+    client_ids = [("aZ09._:-" * 16)[:128], ("-:._" * 32)[:128], ".", ":", "-", "_"]
+    macs = [f"02:00:00:00:9E:{n:02X}" for n in range(len(client_ids))]
+    await admin.add_model("acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True)
+    await admin.approve("acme", "race-1", macs)
+    serve = _serve(secure_settings, secure_broker, tmp_path / "serve.log")
+    serve.start()
+    try:
+        await serve.wait_event("subscribed")
+        go = asyncio.Event()
+        go.set()
+        replies = [
+            await _device(secure_broker, client_id, mac, go)
+            for client_id, mac in zip(client_ids, macs, strict=True)
+        ]
+        assert all(r["status"] == "ok" for r in replies), replies
+        for n, (client_id, reply) in enumerate(zip(client_ids, replies, strict=True)):
+            assert await _opens(secure_broker, client_id, reply["key"], client_id), client_id
+            other = client_ids[(n + 1) % len(client_ids)]
+            assert not await _opens(secure_broker, client_id, replies[n - 1]["key"], client_id)
+            assert not await _opens(secure_broker, other, reply["key"], other)
+    finally:
+        with contextlib.suppress(Exception):
+            await serve.terminate()
