@@ -22,7 +22,7 @@ from bridge import keys, protocol
 from bridge.codes import REPLY_CODES, Code
 from bridge.errors import BrokerAdminError, Unavailable
 from bridge.logins import LoginNamespace
-from bridge.provisioner import Provisioner, Reply
+from bridge.provisioner import Provisioner, Reply, _login_aad, _replay_aad
 from bridge.records import (
     Activation,
     ActivationOutcome,
@@ -56,6 +56,8 @@ class FakeStore:
         self.outcome: ActivationOutcome | None = None
         self.refusal = Refusal()
         self.down = False
+        self.holds = True  # False: a revoke committed while the login was being opened
+        self.opened: list[LoginOpened] = []
         self.stored: dict[tuple[str, str], bytes] = {}
         self.activations: list[dict[str, Any]] = []
         self.refused: list[AuditEntry] = []
@@ -92,7 +94,10 @@ class FakeStore:
         self.recorded.append(entry)
 
     async def login_opened(self, login: LoginOpened) -> bool:
-        return not self.down  # no revoke happens here
+        if self.down:
+            raise Unavailable("The database cannot be reached now; retry after 5 seconds.")
+        self.opened.append(login)
+        return self.holds
 
 
 class FakeAccounts:
@@ -231,6 +236,38 @@ async def test_a_new_key_closes_the_login_that_held_the_old_one() -> None:
     assert reply.code == Code.OK
     assert [c for c, _ in accounts.upserted] == ["new-dev"]
     assert accounts.disabled == ["old-dev"]
+
+
+async def test_a_login_opened_after_a_revoke_committed_is_closed_again() -> None:
+    store, accounts = FakeStore(PLAIN), FakeAccounts()
+    store.holds = False
+    reply = await _provisioner(store, accounts=accounts).activate(
+        "dev-1", _request(model="plain-1")
+    )
+    assert reply.code == Code.OK  # committed before the revoke: the device is told
+    assert [c for c, _ in accounts.upserted] == ["dev-1"]
+    assert accounts.disabled == ["dev-1"]
+
+
+async def test_a_replay_opens_the_login_its_bridge_did_not_and_closes_the_replaced_one() -> None:
+    store, accounts = FakeStore(PLAIN), FakeAccounts()
+    cipher = keys.ReplayCipher(SECRET)
+    key = "ab" * 20
+    body = protocol.ok_reply("r-1", "acme", "plain-1", CANONICAL, key=key)
+    store.outcome = ActivationOutcome(
+        Code.OK,
+        cipher.encrypt(body, _replay_aad("new-dev", "r-1")),
+        None,
+        replaced_client_id="old-dev",
+        login_key=cipher.encrypt(key.encode(), _login_aad("new-dev", "r-1")),
+    )
+    reply = await _provisioner(store, accounts=accounts).activate(
+        "new-dev", _request(model="plain-1")
+    )
+    assert reply.payload == body
+    assert accounts.upserted == [("new-dev", key)]
+    assert accounts.disabled == ["old-dev"]
+    assert [o.key_hash for o in store.opened] == [keys.KeyHasher(SECRET).hash(key)]
 
 
 async def test_a_broker_that_refuses_the_login_still_lets_the_key_be_delivered(
