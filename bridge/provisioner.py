@@ -40,6 +40,7 @@ from bridge.records import (
     ModelRow,
     RateLimit,
     Refusal,
+    StoredKey,
 )
 
 log = logging.getLogger("bridge.provisioner")
@@ -56,7 +57,7 @@ class ActivationStore(Protocol):
 
     async def record(self, entry: AuditEntry) -> None: ...
 
-    async def login_opened(self, login: LoginOpened) -> bool: ...
+    async def login_opened(self, login: LoginOpened) -> StoredKey | None: ...
 
 
 class DeviceAccounts(Protocol):
@@ -239,7 +240,6 @@ class Provisioner:
         else:
             body = protocol.ok_reply(rid, model.vendor, model.model, canonical, key=key)
         aad = _replay_aad(client_id, rid)
-        key_hash = self._hasher.hash(key)
         # Kept with the stored reply until the device's broker login is open (see
         # _open_broker_account): a sealed reply is the device's alone to read.
         login_key = (
@@ -256,7 +256,7 @@ class Provisioner:
                 grace_seconds=self._grace,
                 identifier=canonical,
                 identifier_limit=self._limit.identifier_failures,
-                key_hash=key_hash,
+                key_hash=self._hasher.hash(key),
                 key_id=self._hasher.key_id,
                 login_key=login_key,
                 model_id=model.id,
@@ -271,7 +271,7 @@ class Provisioner:
             self._guessing(model.vendor, model.model, outcome.limited_by)
             return _rate_limited(rid, outcome.retry_after or 1, canonical)
         if outcome.code == Code.OK:
-            opened = LoginOpened(client_id, rid, model.id, canonical, key_hash)
+            opened = LoginOpened(client_id, rid, model.id, canonical)
             await self._open_login_of(outcome, opened, key)
             if outcome.replay is not None:
                 replayed = self._cipher.decrypt(outcome.replay, aad)
@@ -401,9 +401,7 @@ class Provisioner:
                 extra={"event": "dynsec_pending_unreadable", "client_id": opened.client_id},
             )
             return
-        issued = kept.decode()
-        opened = dataclasses.replace(opened, key_hash=self._hasher.hash(issued))
-        await self._open_broker_account(opened, issued, outcome.replaced_client_id)
+        await self._open_broker_account(opened, kept.decode(), outcome.replaced_client_id)
 
     async def _open_broker_account(
         self, opened: LoginOpened, key: str, replaced_client_id: str | None
@@ -429,7 +427,9 @@ class Provisioner:
         # and the login just opened would let the revoked key in. Asked after the login
         # is open: a change committed later closes it itself.
         try:
-            if await self._store.login_opened(opened):
+            # Verified under the secret it was hashed with: a rotation since is no revoke.
+            held = await self._store.login_opened(opened)
+            if held is not None and self._hasher.verify(key, held.key_hash, held.key_id):
                 return
             await self._accounts.disable_device(client_id)
         except BridgeError as exc:

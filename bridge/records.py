@@ -71,10 +71,6 @@ class LoginOpened:
     request_id: str
     model_id: int
     identifier: str
-    key_hash: bytes
-
-    def __repr__(self) -> str:  # the hash is not the key, but it has no business in logs
-        return f"LoginOpened(client_id={self.client_id!r}, request_id={self.request_id!r})"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from bridge.records import (
     LoginOpened,
     RateLimit,
     Refusal,
+    StoredKey,
 )
 
 _SQL_TYPES = {"str": "text", "int": "integer", "bytes": "bytea", "bool": "boolean"}
@@ -256,29 +257,27 @@ class Activations(Pooled):
             else:
                 await self._pool.execute(AUDIT_INSERT, *audit_args(entry))
 
-    async def login_opened(self, login: LoginOpened) -> bool:
+    async def login_opened(self, login: LoginOpened) -> StoredKey | None:
         """The broker login of an issued key is open: forget the key kept for it.
 
-        Returns whether the device still holds that key (no revoke, release, transfer
-        or newer activation since it was issued); when it does not, the caller closes
-        the login again. One round trip.
+        Returns the key the device holds now (None: none, after a revoke or release);
+        when it is not the one just opened (checked by the caller, under the secret it
+        was hashed with), the caller closes the login again. One round trip.
         """
         async with reachable():
-            held = await self._pool.fetchval(
-                "WITH held AS (SELECT id FROM devices WHERE model_id = $1"
-                " AND identifier = $2 AND key_hash = $3),"
-                " forgotten AS (UPDATE replies SET login_key = NULL, login_replaces = NULL"
-                " WHERE client_id = $4 AND request_id = $5"
+            row = await self._pool.fetchrow(
+                "WITH forgotten AS (UPDATE replies SET login_key = NULL, login_replaces = NULL"
+                " WHERE client_id = $3 AND request_id = $4"
                 " AND device_id = (SELECT d.id FROM devices d WHERE d.model_id = $1"
                 " AND d.identifier = $2) AND login_key IS NOT NULL)"
-                " SELECT EXISTS (SELECT 1 FROM held)",
+                " SELECT state, key_id, key_hash FROM devices"
+                " WHERE model_id = $1 AND identifier = $2 AND key_hash IS NOT NULL",
                 login.model_id,
                 login.identifier,
-                login.key_hash,
                 login.client_id,
                 login.request_id,
             )
-        return held is True
+        return None if row is None else StoredKey(row["state"], row["key_id"], row["key_hash"])
 
     async def purge_replies(self) -> int:
         """Forget replies past their grace period; returns how many."""

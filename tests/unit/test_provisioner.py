@@ -31,6 +31,7 @@ from bridge.records import (
     ModelRow,
     RateLimit,
     Refusal,
+    StoredKey,
 )
 
 SECRET = b"unit-test-secret-" + bytes(range(32))
@@ -57,6 +58,7 @@ class FakeStore:
         self.refusal = Refusal()
         self.down = False
         self.holds = True  # False: a revoke committed while the login was being opened
+        self.held: StoredKey | None = None  # the device's key, when not the last one issued
         self.opened: list[LoginOpened] = []
         self.stored: dict[tuple[str, str], bytes] = {}
         self.activations: list[dict[str, Any]] = []
@@ -93,11 +95,16 @@ class FakeStore:
             raise Unavailable("The database cannot be reached now; retry after 5 seconds.")
         self.recorded.append(entry)
 
-    async def login_opened(self, login: LoginOpened) -> bool:
+    async def login_opened(self, login: LoginOpened) -> StoredKey | None:
         if self.down:
             raise Unavailable("The database cannot be reached now; retry after 5 seconds.")
         self.opened.append(login)
-        return self.holds
+        if not self.holds:
+            return None
+        if self.held is not None:
+            return self.held
+        last = self.activations[-1]
+        return StoredKey("activated", last["key_id"], last["key_hash"])
 
 
 class FakeAccounts:
@@ -250,9 +257,14 @@ async def test_a_login_opened_after_a_revoke_committed_is_closed_again() -> None
 
 
 async def test_a_replay_opens_the_login_its_bridge_did_not_and_closes_the_replaced_one() -> None:
+    """Also after a rotation of the server secret: the key was kept and hashed under the
+    previous one, and the login stays open."""
     store, accounts = FakeStore(PLAIN), FakeAccounts()
     cipher = keys.ReplayCipher(SECRET)
     key = "ab" * 20
+    old = keys.KeyHasher(SECRET)
+    store.held = StoredKey("activated", old.key_id, old.hash(key))
+    new_secret = b"unit-test-rotated-secret-" + bytes(range(32))
     body = protocol.ok_reply("r-1", "acme", "plain-1", CANONICAL, key=key)
     store.outcome = ActivationOutcome(
         Code.OK,
@@ -261,13 +273,17 @@ async def test_a_replay_opens_the_login_its_bridge_did_not_and_closes_the_replac
         replaced_client_id="old-dev",
         login_key=cipher.encrypt(key.encode(), _login_aad("new-dev", "r-1")),
     )
-    reply = await _provisioner(store, accounts=accounts).activate(
-        "new-dev", _request(model="plain-1")
+    provisioner = Provisioner(
+        store,
+        keys.KeyHasher(new_secret, [SECRET]),
+        keys.ReplayCipher(new_secret, [SECRET]),
+        accounts=accounts,
     )
+    reply = await provisioner.activate("new-dev", _request(model="plain-1"))
     assert reply.payload == body
     assert accounts.upserted == [("new-dev", key)]
-    assert accounts.disabled == ["old-dev"]
-    assert [o.key_hash for o in store.opened] == [keys.KeyHasher(SECRET).hash(key)]
+    assert accounts.disabled == ["old-dev"]  # the replaced login only
+    assert [(o.client_id, o.request_id) for o in store.opened] == [("new-dev", "r-1")]
 
 
 async def test_a_broker_that_refuses_the_login_still_lets_the_key_be_delivered(
