@@ -144,3 +144,14 @@ async def bearer(admin: Admin, role: str, subject: str | None = None) -> dict[st
     """An Authorization header with a new token of ``role`` (for ``subject``)."""
     issued = await create_token(admin.store, role, subject, actor="test")
     return {"Authorization": f"Bearer {issued.token}"}
+
+
+def token_secret(token: str) -> str:
+    """The secret part of an API token ``bt_<12 hex>_<43 of base64url>``.
+
+    By position: the secret may hold "_" itself, and a split at the last "_" sometimes
+    kept only a few characters, which then turned up anywhere by chance.
+    """
+    secret = token[len("bt_") + 12 + 1 :]
+    assert len(secret) == 43, "not an API token"
+    return secret

@@ -12,7 +12,7 @@ import httpx
 
 from bridge.config import Settings
 from bridge.runtime import serve
-from tests.helpers import api_server
+from tests.helpers import api_server, token_secret
 from tests.integration.test_cli import _env, bridge_cli
 from tests.services import free_port
 
@@ -31,7 +31,7 @@ async def test_token_create_use_revoke_against_a_running_api(settings: Settings)
 
     listed = await bridge_cli(env, "token", "list")
     assert token_id in listed.stdout and "owner" in listed.stdout and "active" in listed.stdout
-    assert token.rsplit("_", 1)[1] not in listed.stdout
+    assert token_secret(token) not in listed.stdout
 
     with api_server(settings) as server:
         async with httpx.AsyncClient(base_url=server.url) as http:
