@@ -68,6 +68,35 @@ async def _device(
     raise AssertionError("the broker closed the stream")
 
 
+async def _burst(broker: SecureBroker, devices: list[tuple[str, str]]) -> list[asyncio.Task[Any]]:
+    """(client id, MAC) devices, subscribed first, then all sending at once."""
+    go = asyncio.Event()
+    tasks = [asyncio.create_task(_device(broker, cid, mac, go)) for cid, mac in devices]
+    await asyncio.sleep(1.0)  # every device subscribed
+    go.set()
+    return tasks
+
+
+async def _kill_when(serve: Serve, settings: Settings, committed: str, count: int) -> None:
+    """SIGKILL ``serve`` once the query ``committed`` counts ``count`` rows, then start it
+    again: keys are committed and their logins still queued."""
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        async with asyncio.timeout(30):
+            while await conn.fetchval(committed) < count:  # noqa: ASYNC110 (another process)
+                await asyncio.sleep(0.002)
+    finally:
+        await conn.close()
+    serve.kill()
+    serve.start()
+
+
+async def _race_model(admin: Admin, macs: list[str]) -> None:
+    await admin.add_model("acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True)
+    await admin.approve("acme", "race-1", macs)
+
+
 @pytest.mark.slow
 async def test_attack_a_revoke_racing_the_activations_login_leaves_it_closed(
     admin: Admin, secure_broker: SecureBroker, secure_settings: Settings, tmp_path: Path
@@ -76,8 +105,7 @@ async def test_attack_a_revoke_racing_the_activations_login_leaves_it_closed(
     creating its broker login. Was: the revoke found no login to disable, the activation
     then created it, and the revoked key opened the broker."""
     macs = [f"02:00:00:00:9A:{n:02X}" for n in range(DEVICES)]
-    await admin.add_model("acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True)
-    await admin.approve("acme", "race-1", macs)
+    await _race_model(admin, macs)
     serve = _serve(secure_settings, secure_broker, tmp_path / "serve.log")
     serve.start()
     revoked: set[str] = set()
@@ -127,28 +155,14 @@ async def test_attack_sigkill_between_the_commit_and_the_login(
     started again: every device gets its key (the stored reply, from the redelivered
     request), and every key opens the broker."""
     macs = [f"02:00:00:00:9B:{n:02X}" for n in range(DEVICES)]
-    await admin.add_model("acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True)
-    await admin.approve("acme", "race-1", macs)
+    await _race_model(admin, macs)
     serve = _serve(secure_settings, secure_broker, tmp_path / "serve.log")
     serve.start()
     try:
         await serve.wait_event("subscribed")
-        assert secure_settings.database_url is not None
-        conn = await asyncpg.connect(secure_settings.database_url.get_secret_value())
-        go = asyncio.Event()
-        devices = [
-            asyncio.create_task(_device(secure_broker, f"kill-{n}", mac, go))
-            for n, mac in enumerate(macs)
-        ]
-        await asyncio.sleep(1.0)
-        go.set()
+        devices = await _burst(secure_broker, [(f"kill-{n}", mac) for n, mac in enumerate(macs)])
         committed = "SELECT count(*) FROM devices WHERE key_hash IS NOT NULL"
-        async with asyncio.timeout(30):
-            while await conn.fetchval(committed) < 30:  # noqa: ASYNC110 (another process)
-                await asyncio.sleep(0.002)
-        serve.kill()
-        await conn.close()
-        serve.start()
+        await _kill_when(serve, secure_settings, committed, 30)
         replies = await asyncio.wait_for(asyncio.gather(*devices), 60)
         await asyncio.sleep(1.0)
         closed = [
@@ -172,39 +186,19 @@ async def test_attack_sigkill_during_a_reactivation_from_another_client_id(
     `serve` is SIGKILLed in the middle. Afterwards every new key opens the broker under
     its new client id, and no old key opens it under the old one."""
     macs = [f"02:00:00:00:9C:{n:02X}" for n in range(DEVICES)]
-    await admin.add_model("acme", "race-1", kind="mac", claim_required=False, plaintext_keys=True)
-    await admin.approve("acme", "race-1", macs)
+    await _race_model(admin, macs)
     serve = _serve(secure_settings, secure_broker, tmp_path / "serve.log")
     serve.start()
     try:
         await serve.wait_event("subscribed")
-        go = asyncio.Event()
-        firsts = [
-            asyncio.create_task(_device(secure_broker, f"old-{n}", mac, go))
-            for n, mac in enumerate(macs)
-        ]
-        await asyncio.sleep(1.0)
-        go.set()
+        firsts = await _burst(secure_broker, [(f"old-{n}", mac) for n, mac in enumerate(macs)])
         old = await asyncio.wait_for(asyncio.gather(*firsts), 60)
         assert all(r["status"] == "ok" for r in old), old
         for mac in macs:
             await admin.reenable("acme", "race-1", mac, reason="moved")
-        assert secure_settings.database_url is not None
-        conn = await asyncpg.connect(secure_settings.database_url.get_secret_value())
-        go = asyncio.Event()
-        seconds = [
-            asyncio.create_task(_device(secure_broker, f"new-{n}", mac, go))
-            for n, mac in enumerate(macs)
-        ]
-        await asyncio.sleep(1.0)
-        go.set()
+        seconds = await _burst(secure_broker, [(f"new-{n}", mac) for n, mac in enumerate(macs)])
         moved = "SELECT count(*) FROM devices WHERE client_id LIKE 'new-%'"
-        async with asyncio.timeout(30):
-            while await conn.fetchval(moved) < 30:  # noqa: ASYNC110 (another process)
-                await asyncio.sleep(0.002)
-        serve.kill()
-        await conn.close()
-        serve.start()
+        await _kill_when(serve, secure_settings, moved, 30)
         new = await asyncio.wait_for(asyncio.gather(*seconds), 60)
         await asyncio.sleep(1.0)
         assert all(r["status"] == "ok" for r in new), new
